@@ -1,0 +1,1 @@
+"""Built-in attacks: one module each, found through the ``bench.attacks`` entry points."""

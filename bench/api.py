@@ -1,0 +1,177 @@
+"""The plugin interfaces: Task, Defense, Attack (DESIGN section 4).
+
+A plugin subclasses one of these, declares ``Params`` (a dataclass built with :func:`bench.params.param`)
+and is found through the registries. A plugin imports only ``bench`` (and torch/numpy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data import Splits, bundled_splits
+from bench.params import NoParams, as_dict
+from bench.profiles import Profile
+from bench.serving import Query, ServedModel
+
+
+class Plugin:
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    #: bump when the plugin's behaviour changes, so cached artifacts and results are recomputed
+    version: ClassVar[str] = "1"
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies this plugin instance in cache keys and result rows."""
+        return {"name": self.name, "version": self.version, "params": as_dict(self.params)}
+
+
+# --------------------------------------------------------------------------------------------- tasks
+class Task(Plugin):
+    """A restoration task: its data (four disjoint pools), models and metric convention."""
+
+    #: output size / input size (super-resolution scale)
+    scale: int = 1
+    #: PSNR/SSIM on the Y channel (BT.601) instead of RGB
+    y_channel: bool = False
+
+    def __init__(self, params: Any, profile: Profile) -> None:
+        self.params = params
+        self.profile = profile
+        self._splits: Splits | None = None
+
+    @property
+    def shave(self) -> int:
+        """Border pixels left out of the metrics (SR convention: ``scale``)."""
+        return self.scale if self.scale > 1 else 0
+
+    def degrade(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Clean (H, W, 3) float in [0, 1] -> degraded image. Built-in tasks implement this."""
+        raise NotImplementedError
+
+    def splits(self) -> Splits:
+        """The owner / attacker / calib / test pools (built once per task instance)."""
+        if self._splits is None:
+            key = f"{self.name}:{self.version}:{sorted(as_dict(self.params).items())}"
+            self._splits = bundled_splits(
+                key, self.degrade, image_size=self.profile.image_size,
+                variants=self.profile.variants, scale=self.scale,
+            )
+        return self._splits
+
+    def baseline(self, degraded: torch.Tensor) -> torch.Tensor:
+        """What the degraded input scores as, at output size (SR: bicubic upsampling)."""
+        if self.scale == 1:
+            return degraded
+        up = F.interpolate(degraded, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return up.clamp(0, 1)
+
+    def teacher_arch(self) -> nn.Module:
+        from bench.models import RestorationCNN
+
+        p = self.profile
+        return RestorationCNN(p.teacher_channels, p.teacher_blocks, scale=self.scale)
+
+    def student_arch(self) -> nn.Module:
+        from bench.models import RestorationCNN
+
+        p = self.profile
+        return RestorationCNN(p.student_channels, p.student_blocks, scale=self.scale)
+
+
+# ------------------------------------------------------------------------------------------ defenses
+@dataclass
+class FitContext:
+    """What a defense's ``fit`` gets besides the teacher and the data."""
+
+    profile: Profile
+    seed: int
+    task: Task
+    #: ``cached_model(config, build, train)``: a model trained once per config and kept on disk
+    cached_model: Callable[..., nn.Module]
+    progress: bool = True
+
+
+class Defense(Plugin):
+    """Wraps a teacher into the served model.
+
+    Runtime defenses override :meth:`perturb_features` (at :meth:`feature_layers`) and/or
+    :meth:`perturb_answers`; training-time defenses override :meth:`fit` and :meth:`served_teacher`.
+    """
+
+    #: name of the parameter that sets the defense's strength (for calibration), if any
+    strength: ClassVar[str | None] = None
+    #: feature perturbations flow on through the model (answers change) rather than only being exposed
+    inline: bool = False
+
+    def __init__(self, params: Any, *, seed: int = 0) -> None:
+        self.params = params
+        self.seed = int(seed)
+
+    def channels(self) -> tuple[str, ...]:
+        """Which channels of the served model this defense touches: 'answers' and/or 'features'."""
+        return ()
+
+    def fit(self, teacher: nn.Module, splits: Splits, ctx: FitContext) -> None:
+        """Optional training (surrogates, changed teachers). Runtime defenses need none."""
+
+    def served_teacher(self, teacher: nn.Module) -> nn.Module:
+        """The model actually served (training-time defenses return their changed teacher)."""
+        return teacher
+
+    def feature_layers(self, model: nn.Module) -> Sequence[str]:
+        """Names of the modules whose output features this defense perturbs."""
+        return ()
+
+    def perturb_features(self, layer: str, features: torch.Tensor, query: Query) -> torch.Tensor:
+        return features
+
+    def perturb_answers(self, answers: torch.Tensor, query: Query) -> torch.Tensor:
+        return answers
+
+    def serve(self, teacher: nn.Module, *, exposed_layers: Sequence[str] = ()) -> ServedModel:
+        return ServedModel(self.served_teacher(teacher), self, exposed_layers=exposed_layers,
+                           defense_seed=self.seed)
+
+
+# ------------------------------------------------------------------------------------------- attacks
+@dataclass
+class AttackContext:
+    profile: Profile
+    seed: int
+    task: Task
+    budget: int
+    #: layers of the served model whose features are exposed (feature-level attacks)
+    exposed_layers: tuple[str, ...] = ()
+    progress: bool = True
+    artifacts: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(Plugin):
+    """Steals a student from the served model through a :class:`bench.query.QueryAPI`."""
+
+    #: 'outputs' (answers only) or 'features' (answers plus exposed features)
+    access: ClassVar[str] = "outputs"
+
+    def __init__(self, params: Any, *, seed: int = 0) -> None:
+        self.params = params
+        self.seed = int(seed)
+
+    def feature_layers(self, teacher: nn.Module) -> Sequence[str]:
+        """Layers of the served model whose features this attack asks for (feature access only)."""
+        return ()
+
+    def budget(self, profile: Profile) -> int:
+        """Queries this attack may make: its ``queries`` parameter, or the profile's budget."""
+        return int(getattr(self.params, "queries", 0) or profile.query_budget)
+
+    def steal(self, api: Any, pool: Any, student: nn.Module, ctx: AttackContext) -> nn.Module:
+        raise NotImplementedError

@@ -1,0 +1,165 @@
+"""The ``bench`` command line.
+
+Every user error is one line on stderr and a non-zero exit (2), never a traceback; ``--debug``
+(or ``BENCH_DEBUG=1``) shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import BenchError
+
+
+def _common_cell_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="task name (bench list tasks)")
+    p.add_argument("--defense", default="none", help="defense name (bench list defenses); default none")
+    p.add_argument("--attack", default="vanilla_kd", help="attack name (bench list attacks)")
+    p.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
+    p.add_argument("--seed", type=int, default=0, help="cell seed: students, data order, defense randomness")
+    p.add_argument("--teacher-seed", type=int, default=0, help="teacher seed (default 0, shared by all cells)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                   help="override a parameter, e.g. --set defense.h=1.5 --set attack.steps=200 (repeatable)")
+    p.add_argument("--data", help="folder of paired images (DIR/input, DIR/target) for --task folder")
+    p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+
+
+def _home(args: argparse.Namespace) -> Path:
+    from bench.store import default_home
+
+    return Path(args.home) if getattr(args, "home", None) else default_home()
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    from bench.params import parse_sets
+    from bench.pipeline import CellSpec
+
+    groups = parse_sets(args.sets)
+    task_params = dict(groups.get("task", {}))
+    if args.data is not None:
+        task_params["data"] = args.data
+    return CellSpec(task=args.task, defense=args.defense, attack=args.attack, seed=args.seed,
+                    profile=args.profile, task_params=task_params,
+                    defense_params=groups.get("defense", {}), attack_params=groups.get("attack", {}),
+                    profile_params=groups.get("profile", {}), teacher_seed=args.teacher_seed)
+
+
+def format_cell(row: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    m = row["metrics"]
+    rows = [
+        ("input (degraded)" if row["task"] != "sr" else "input (bicubic)", m["input_psnr"], m["input_ssim"]),
+        ("teacher", m["teacher_psnr"], m["teacher_ssim"]),
+        ("served teacher", m["served_psnr"], m["served_ssim"]),
+        ("student (undefended)", m["student_ref_psnr"], m["student_ref_ssim"]),
+        ("student (defended)", m["student_psnr"], m["student_ssim"]),
+    ]
+    head = (f"{row['task']} · {row['defense']} · {row['attack']} · profile {row['profile']} · "
+            f"seed {row['seed']}")
+    table = tabulate(rows, headers=("", "PSNR (dB)", "SSIM"), floatfmt=(".2f", ".2f", ".4f"))
+    drops = tabulate([("teacher_drop_db", f"{m['teacher_drop_db']:.3f}"),
+                      ("student_drop_db", f"{m['student_drop_db']:.3f}"),
+                      ("student_ssim_drop_pct", f"{m['student_ssim_drop_pct']:.2f}")],
+                     tablefmt="plain")
+    notes = [f"queries used {m['queries_used']}", f"channels touched: {m['channels']}"]
+    if row.get("cached"):
+        notes.append("result from the store (use --force to recompute)")
+    else:
+        notes.append(f"wall {row['wall_s']:.1f} s")
+        notes.append("teacher cached" if m.get("teacher_cached") else f"teacher trained in {m['teacher_s']:.1f} s")
+    if m.get("student_shortcut"):
+        notes.append("answers unchanged for this attack: defended student = reference student")
+    return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + f"\nkey {row['key']}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.pipeline import resolve, run_cell
+
+    cell = resolve(spec_from_args(args))
+    row = run_cell(cell, home=_home(args), force=args.force, progress=True)
+    print(format_cell(row))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.params import describe, type_name
+    from bench.registry import REGISTRIES
+
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    out = []
+    for kind in kinds:
+        reg = REGISTRIES[kind]
+        out.append(f"{kind}:")
+        for info in reg.all():
+            extra = []
+            if getattr(info.cls, "access", None) and kind == "attacks":
+                extra.append(f"access: {info.cls.access}")
+            if kind == "defenses" and getattr(info.cls, "strength", None):
+                extra.append(f"strength: {info.cls.strength}")
+            doc = (info.cls.__doc__ or sys.modules[info.cls.__module__].__doc__ or "").strip()
+            first = doc.splitlines()[0] if doc else ""
+            out.append(f"  {info.name}  [{info.origin}]" + (f"  ({'; '.join(extra)})" if extra else "")
+                       + (f"  {first}" if first else ""))
+            fields = describe(info.cls.Params)
+            if fields:
+                rows = [(f.name, type_name(f.type), repr(f.default), f.doc) for f in fields]
+                table = tabulate(rows, tablefmt="plain")
+                out.extend("      " + line for line in table.splitlines())
+        out.append("")
+    print("\n".join(out).rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run one cell: teacher, defense, attack, scores")
+    _common_cell_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list plugins with their parameters")
+    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("BENCH_DEBUG") == "1"
+    func: Callable[[argparse.Namespace], int] = args.func
+    start = time.time()
+    try:
+        return func(args)
+    except BenchError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.time() - start:.0f} s; finished results are kept in the store "
+              "and a re-run continues from them.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {type(exc).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Image pools and the bundled source images.
+
+A task yields four disjoint pools, split by *source image*, never by crop (DESIGN section 2):
+``owner`` (the teacher's training data), ``attacker`` (the attacker's query images), ``calib`` (owner-side,
+for calibrating defense strength) and ``test`` (every score). Images are float32 tensors (3, H, W) in
+[0, 1]; a pair is (degraded, clean), the degraded image ``scale`` times smaller for super-resolution.
+
+The clean images are scikit-image's bundled photographs (nothing is downloaded). Their assignment to
+splits is fixed here, so that every task, profile and seed is scored on the same test photographs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from bench import BenchError
+
+SPLITS = ("owner", "attacker", "calib", "test")
+
+# Photographs only (synthetic test patterns and tiny images are left out); grey ones are replicated to RGB.
+SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
+    "owner": ("rocket", "retina", "hubble_deep_field", "brick", "moon", "clock", "page"),
+    "attacker": ("chelsea", "immunohistochemistry", "grass", "text", "cell"),
+    "calib": ("motorcycle_left", "coins"),
+    "test": ("astronaut", "coffee", "camera", "gravel"),
+}
+
+
+@dataclass
+class Pool:
+    """The (degraded, clean) pairs of one split."""
+
+    name: str
+    degraded: list[torch.Tensor]
+    clean: list[torch.Tensor]
+    sources: list[str] = field(default_factory=list)
+    scale: int = 1
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def sample_crops(
+        self, n: int, crop: int, generator: torch.Generator, *, augment: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random aligned crops: inputs (n, 3, crop/scale, crop/scale), targets (n, 3, crop, crop).
+
+        ``crop`` is in clean (output) pixels and is rounded down to a multiple of ``scale``. With
+        ``augment``, each pair gets one of the 8 flips/rotations, applied to input and target alike.
+        """
+        return sample_pair_crops(self.degraded, self.clean, n, crop, generator, scale=self.scale,
+                                 augment=augment)
+
+
+def sample_pair_crops(
+    inputs: list[torch.Tensor] | torch.Tensor,
+    targets: list[torch.Tensor] | torch.Tensor,
+    n: int,
+    crop: int,
+    generator: torch.Generator,
+    *,
+    scale: int = 1,
+    augment: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random aligned crops from paired images (the one crop sampler, used by every training loop)."""
+    in_crop = max(1, crop // scale)
+    out_crop = in_crop * scale
+    xs, ys = [], []
+    count = len(inputs)
+    idx = torch.randint(count, (n,), generator=generator).tolist()
+    for i in idx:
+        x, y = inputs[i], targets[i]
+        h, w = x.shape[-2:]
+        ch, cw = min(in_crop, h), min(in_crop, w)
+        top = int(torch.randint(h - ch + 1, (1,), generator=generator))
+        left = int(torch.randint(w - cw + 1, (1,), generator=generator))
+        xc = x[..., top:top + ch, left:left + cw]
+        yc = y[..., top * scale:(top + ch) * scale, left * scale:(left + cw) * scale]
+        if augment:
+            k = int(torch.randint(8, (1,), generator=generator))
+            xc, yc = dihedral(xc, k), dihedral(yc, k)
+        xs.append(xc)
+        ys.append(yc)
+    if any(x.shape != xs[0].shape for x in xs):
+        raise BenchError(
+            f"an image is smaller than the crop ({out_crop} px); lower --set profile.crop or use larger images."
+        )
+    return torch.stack(xs), torch.stack(ys)
+
+
+def dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of the last two dims (k=0 is the identity)."""
+    if k >= 4:
+        t = t.flip(-1)
+    return torch.rot90(t, k % 4, dims=(-2, -1))
+
+
+def dihedral_inverse(t: torch.Tensor, k: int) -> torch.Tensor:
+    t = torch.rot90(t, -(k % 4), dims=(-2, -1))
+    return t.flip(-1) if k >= 4 else t
+
+
+@dataclass
+class Splits:
+    owner: Pool
+    attacker: Pool
+    calib: Pool
+    test: Pool
+
+    def __getitem__(self, name: str) -> Pool:
+        return getattr(self, name)
+
+    def check_disjoint(self) -> None:
+        seen: dict[str, str] = {}
+        for name in SPLITS:
+            for src in set(self[name].sources):
+                if src in seen and seen[src] != name:
+                    raise BenchError(f"source image {src!r} is in both {seen[src]} and {name} splits")
+                seen[src] = name
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from any printable parts (stable across runs and machines, unlike ``hash``)."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _load_raw(name: str) -> np.ndarray:
+    import skimage.data as skd
+
+    if name == "motorcycle_left":
+        img = skd.stereo_motorcycle()[0]
+    else:
+        img = getattr(skd, name)()
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.float32)
+    elif img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    else:
+        img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.clip(img[..., :3], 0.0, 1.0)
+
+
+@lru_cache(maxsize=64)
+def load_source(name: str, short_side: int, multiple: int = 1) -> np.ndarray:
+    """A bundled photograph as float32 (H, W, 3) in [0, 1], short side resized to ``short_side``
+    (0: original size), then cropped to multiples of ``multiple`` (the SR scale)."""
+    img = _load_raw(name)
+    if short_side:
+        h, w = img.shape[:2]
+        f = short_side / min(h, w)
+        size = (max(1, round(h * f)), max(1, round(w * f)))
+        # antialiased bicubic (kernel widened by the downscale factor): 10x faster than skimage's resize
+        t = torch.from_numpy(img).permute(2, 0, 1)[None]
+        t = torch.nn.functional.interpolate(t, size=size, mode="bicubic", antialias=f < 1, align_corners=False)
+        img = np.ascontiguousarray(t[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy())
+    if multiple > 1:
+        h, w = img.shape[:2]
+        img = img[: h - h % multiple, : w - w % multiple]
+    img.setflags(write=False)
+    return img
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array in [0, 1] -> float32 tensor (3, H, W)."""
+    return torch.from_numpy(np.array(img, dtype=np.float32, copy=True)).permute(2, 0, 1).contiguous()
+
+
+Degrade = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants: int, scale: int = 1) -> Splits:
+    """The four pools built from the bundled photographs with ``degrade(clean_hw3, rng) -> degraded_hw3``.
+
+    Degradations are drawn from a generator seeded by (task_key, source, variant) only, so the pools
+    are the same for every cell seed: seeds vary students and defenses, never the test set.
+    ``task_key`` must change whenever the degradation parameters change.
+    """
+    pools = {}
+    for split in SPLITS:
+        n_var = variants if split in ("owner", "attacker") else 1
+        deg, clean, srcs = [], [], []
+        for src in SOURCE_SPLITS[split]:
+            img = load_source(src, image_size, scale)
+            for v in range(max(1, n_var)):
+                rng = np.random.default_rng(stable_seed(task_key, src, v))
+                d = degrade(img, rng)
+                deg.append(to_tensor(np.clip(d, 0.0, 1.0)))
+                clean.append(to_tensor(img))
+                srcs.append(src)
+        pools[split] = Pool(split, deg, clean, srcs, scale)
+    return Splits(**pools)

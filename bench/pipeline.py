@@ -1,0 +1,278 @@
+"""One cell of the grid, end to end (DESIGN section 2).
+
+(task, defense + params, attack + params, seed, profile) -> teacher (cached), served model, paired
+reference student (undefended, cached) and attacked student, scored on the test split, stored as one
+row. The cell seed drives the students' initialisation, the data order and the defense's randomness;
+the teacher uses ``teacher_seed`` (0 by default), the owner's fixed asset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import bench
+from bench import BenchError
+from bench.api import Attack, AttackContext, Defense, FitContext, Task
+from bench.cache import Artifacts, config_key
+from bench.data import Pool, stable_seed
+from bench.metrics import psnr, ssim
+from bench.params import build
+from bench.profiles import STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
+from bench.query import QueryAPI
+from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.store import Store
+from bench.train import train
+
+TEACHER_RECIPE = "1"  # bump when the teacher training recipe in this file changes
+STUDENT_RECIPE = "1"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """What a user asks for: names and raw parameter overrides (validated by :func:`resolve`)."""
+
+    task: str
+    defense: str = "none"
+    attack: str = "vanilla_kd"
+    seed: int = 0
+    profile: str = "quick"
+    task_params: dict[str, Any] = field(default_factory=dict)
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    profile_params: dict[str, Any] = field(default_factory=dict)
+    teacher_seed: int = 0
+
+
+@dataclass
+class Cell:
+    spec: CellSpec
+    profile: Profile
+    task: Task
+    defense: Defense
+    attack: Attack
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "task": self.task.identity(),
+            "defense": self.defense.identity(),
+            "attack": self.attack.identity(),
+            "seed": self.spec.seed,
+            "teacher_seed": self.spec.teacher_seed,
+            "profile": {k: v for k, v in dataclasses.asdict(self.profile).items() if k != "name"},
+        }
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config())
+
+
+def make_plugin(registry, name: str, overrides: dict[str, Any], **kwargs: Any) -> Any:
+    cls = registry.get(name)
+    params = build(cls.Params, overrides, owner=f"{registry.kind} '{name}'")
+    return cls(params, **kwargs)
+
+
+def resolve(spec: CellSpec) -> Cell:
+    """Instantiate and validate every part of a cell (fails fast, before any training)."""
+    if spec.seed < 0 or spec.teacher_seed < 0:
+        raise BenchError("seeds must be >= 0.")
+    profile = get_profile(spec.profile, spec.profile_params)
+    task = make_plugin(TASKS, spec.task, spec.task_params, profile=profile)
+    defense = make_plugin(DEFENSES, spec.defense, spec.defense_params, seed=spec.seed)
+    attack = make_plugin(ATTACKS, spec.attack, spec.attack_params, seed=spec.seed)
+    return Cell(spec, profile, task, defense, attack)
+
+
+def versions() -> dict[str, str]:
+    return {"bench": bench.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _seeded_build(build_fn, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_fn()
+
+
+# --------------------------------------------------------------------------------------- stages
+def teacher_config(task: Task, profile: Profile, teacher_seed: int) -> dict[str, Any]:
+    return {"kind": "teacher", "recipe": TEACHER_RECIPE, "task": task.identity(),
+            "profile": subset(profile, TEACHER_FIELDS), "seed": teacher_seed}
+
+
+def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Artifacts, *,
+                progress: bool = True, force: bool = False) -> tuple[nn.Module, str, bool]:
+    """The owner's teacher for (task, profile, seed): trained on ``owner`` once, then cached."""
+    config = teacher_config(task, profile, teacher_seed)
+
+    def build_fn() -> nn.Module:
+        return _seeded_build(task.teacher_arch, stable_seed("teacher-init", teacher_seed))
+
+    def train_fn(model: nn.Module) -> dict[str, Any]:
+        owner = task.splits().owner
+        t = time.perf_counter()
+        losses = train(model, lambda g: owner.sample_crops(profile.batch, profile.crop, g),
+                       steps=profile.teacher_steps, lr=profile.teacher_lr,
+                       seed=stable_seed("teacher-data", teacher_seed),
+                       desc=f"training teacher ({task.name})", progress=progress)
+        return {"train_s": time.perf_counter() - t, "final_loss": losses[-1] if losses else None}
+
+    return artifacts.cached_model(config, build_fn, train_fn, force=force)
+
+
+def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts: Artifacts,
+                  progress: bool = True) -> tuple[nn.Module, int]:
+    """Run the cell's attack against ``defense`` serving ``teacher``; returns (student, queries used)."""
+    task, profile, attack = cell.task, cell.profile, cell.attack
+    exposed = tuple(attack.feature_layers(teacher)) if attack.access == "features" else ()
+    student = _seeded_build(task.student_arch, stable_seed("student-init", cell.spec.seed))
+    budget = attack.budget(profile)
+    with defense.serve(teacher, exposed_layers=exposed) as served:
+        api = QueryAPI(served, budget, attack.access)
+        ctx = AttackContext(profile=profile, seed=stable_seed("attack-data", cell.spec.seed), task=task,
+                            budget=budget, exposed_layers=exposed, progress=progress,
+                            artifacts=artifacts.root)
+        student = attack.steal(api, task.splits().attacker, student, ctx)
+    student.eval()
+    return student, api.used
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float]:
+    """Mean PSNR/SSIM over the pool's images (``model=None`` scores the degraded input itself)."""
+    ps, ss = [], []
+    for x, y in zip(pool.degraded, pool.clean):
+        x, y = x[None], y[None]
+        pred = task.baseline(x) if model is None else model(x)
+        pred = pred.clamp(0, 1)
+        ps.append(psnr(pred, y, y_channel=task.y_channel, shave=task.shave))
+        ss.append(ssim(pred, y, y_channel=task.y_channel, shave=task.shave))
+    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+
+
+def answers_unchanged(defense: Defense, attack: Attack) -> bool:
+    """True when the attack cannot see anything the defense changes: the attacked student is then the
+    reference student, bit for bit (training is deterministic), so it is not trained twice."""
+    touched = set(defense.channels())
+    if "answers" in touched:
+        return False
+    return not ("features" in touched and attack.access == "features")
+
+
+# ----------------------------------------------------------------------------------------- a cell
+def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bool = False,
+             progress: bool = True, store: Store | None = None) -> dict[str, Any]:
+    """Run one cell and store its row (``done``, or ``failed`` with the error, which is re-raised)."""
+    cell = spec if isinstance(spec, Cell) else resolve(spec)
+    store = store or Store(home)
+    artifacts = Artifacts(store.home)
+    key = cell.key
+    if not force:
+        row = store.get_cell(key)
+        if row is not None and row["status"] == "done":
+            row["cached"] = True
+            return row
+    started = time.time()
+    row: dict[str, Any] = {
+        "key": key, "task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack,
+        "seed": cell.spec.seed, "profile": cell.profile.name, "config": cell.config(),
+        "versions": versions(), "started": started,
+    }
+    try:
+        metrics = _run(cell, artifacts, progress=progress, force=force)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time(),
+                   wall_s=time.time() - started,
+                   metrics={"traceback": traceback.format_exc(limit=8)})
+        store.put_cell(row)
+        raise
+    row.update(status="done", error=None, metrics=metrics, finished=time.time(),
+               wall_s=time.time() - started)
+    store.put_cell(row)
+    row["cached"] = False
+    return row
+
+
+def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> dict[str, Any]:
+    task, profile, defense, attack, seed = cell.task, cell.profile, cell.defense, cell.attack, cell.spec.seed
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    splits = task.splits()
+    splits.check_disjoint()
+    timings["data_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    teacher, teacher_key, trained = get_teacher(task, profile, cell.spec.teacher_seed, artifacts,
+                                                progress=progress, force=force)
+    timings["teacher_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fit_ctx = FitContext(profile=profile, seed=seed, task=task, progress=progress,
+                         cached_model=lambda config, build_fn, train_fn: artifacts.cached_model(
+                             {"teacher": teacher_key, **config}, build_fn, train_fn, force=force)[0])
+    defense.fit(teacher, splits, fit_ctx)
+    timings["defense_fit_s"] = time.perf_counter() - t
+
+    # The reference student: same attack, seed and budget against the undefended teacher (cached).
+    none_defense = Defense(None, seed=seed)
+    ref_config = {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
+                  "attack": attack.identity(), "seed": seed, "profile": subset(profile, STUDENT_FIELDS)}
+    ref_key = config_key(ref_config)
+    t = time.perf_counter()
+    ref_student = _seeded_build(task.student_arch, 0)
+    queries_ref = None
+    if force or not artifacts.load_model(ref_key, ref_student):
+        ref_student, queries_ref = steal_student(cell, teacher, none_defense, artifacts=artifacts,
+                                                 progress=progress)
+        artifacts.save_model(ref_key, ref_student, ref_config, {"queries_used": queries_ref})
+    ref_student.eval()
+    timings["reference_student_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if answers_unchanged(defense, attack):
+        student, queries = ref_student, queries_ref if queries_ref is not None else attack.budget(profile)
+        shortcut = True
+    else:
+        student, queries = steal_student(cell, teacher, defense, artifacts=artifacts, progress=progress)
+        shortcut = False
+    timings["student_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    test = splits.test
+    with defense.serve(teacher) as served:
+        scores = {
+            "input": evaluate(None, test, task),
+            "teacher": evaluate(teacher, test, task),
+            "served": evaluate(served, test, task),
+            "student_ref": evaluate(ref_student, test, task),
+            "student": evaluate(student, test, task),
+        }
+    timings["score_s"] = time.perf_counter() - t
+
+    metrics: dict[str, Any] = {}
+    for who, s in scores.items():
+        metrics[f"{who}_psnr"] = s["psnr"]
+        metrics[f"{who}_ssim"] = s["ssim"]
+    metrics["teacher_drop_db"] = scores["teacher"]["psnr"] - scores["served"]["psnr"]
+    metrics["student_drop_db"] = scores["student_ref"]["psnr"] - scores["student"]["psnr"]
+    ref_ssim = scores["student_ref"]["ssim"]
+    metrics["student_ssim_drop_pct"] = 100.0 * (ref_ssim - scores["student"]["ssim"]) / max(ref_ssim, 1e-12)
+    metrics["queries_used"] = int(queries)
+    metrics["channels"] = ",".join(defense.channels()) or "none"
+    metrics["student_shortcut"] = shortcut
+    metrics["teacher_cached"] = not trained
+    metrics["teacher_key"] = teacher_key
+    metrics.update(timings)
+    return metrics

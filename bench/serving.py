@@ -1,0 +1,142 @@
+"""The served model: a teacher behind a defense, with named features exposed.
+
+The served model has two channels (DESIGN section 2): its *answers* (what every user receives) and
+its *exposed features* (named intermediate features that feature-level attackers consume). A defense
+may touch either. Features are captured and perturbed by forward hooks on named modules; the hooks
+are shared by every defense, so feature-level attacks see what each defense does to features.
+
+Stochastic defenses draw randomness from :meth:`Query.generator`, seeded by the query's content and
+the defense seed, so asking the same question twice (or one image alone versus inside a batch) gives
+the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from bench import BenchError
+
+if TYPE_CHECKING:
+    from bench.api import Defense
+
+
+def content_seed(sample: torch.Tensor, defense_seed: int) -> int:
+    """A 63-bit seed from one input image's bytes and the defense seed."""
+    data = sample.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    h = hashlib.blake2b(data, digest_size=8, key=str(int(defense_seed)).encode())
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class Query:
+    """One batch of questions to the served model, with a content seed per image."""
+
+    inputs: torch.Tensor
+    seeds: list[int]
+
+    def generator(self, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator for image ``index`` of the batch: the same image always gets the same stream."""
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seeds[index])
+        return g
+
+
+def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name``; a one-line error listing near names if there is none."""
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    import difflib
+
+    names = [n for n in modules if n]
+    near = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    listed = ", ".join(near or names[:12])
+    raise BenchError(f"the model has no layer '{name}'. Near names: {listed}.")
+
+
+class ServedModel(nn.Module):
+    """``defense`` wrapped around ``model``: ``forward`` gives answers, ``forward_with_features`` also
+    the exposed features by layer name. The wrapped model is left unchanged once :meth:`close` runs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        defense: Defense | None = None,
+        *,
+        exposed_layers: Sequence[str] = (),
+        defense_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.defense = defense
+        self.defense_seed = int(defense_seed)
+        self.exposed_layers = tuple(exposed_layers)
+        perturbed = tuple(defense.feature_layers(model)) if defense is not None else ()
+        self.perturbed_layers = perturbed
+        self._query: Query | None = None
+        self._features: dict[str, torch.Tensor] | None = None
+        self._handles = []
+        for name in dict.fromkeys(self.exposed_layers + perturbed):
+            module = resolve_module(model, name)
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    @property
+    def inline(self) -> bool:
+        return bool(self.defense is not None and self.defense.inline)
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor):
+            if self._query is None:  # the model is being called directly, not through this wrapper
+                return None
+            exposed = output
+            flow = None
+            if name in self.perturbed_layers and (self.inline or self._features is not None):
+                perturbed = self.defense.perturb_features(name, output, self._query)
+                exposed = perturbed
+                if self.inline:
+                    flow = perturbed
+            if self._features is not None and name in self.exposed_layers:
+                self._features[name] = exposed.detach()
+            return flow
+
+        return hook
+
+    def _run(self, x: torch.Tensor, want_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not self._handles and self.defense is not None and self.perturbed_layers:
+            raise BenchError("this served model was closed; serve the model again")
+        query = Query(x, [content_seed(s, self.defense_seed) for s in x])
+        self._query = query
+        self._features = {} if want_features else None
+        try:
+            y = self.model(x)
+            if self.defense is not None:
+                y = self.defense.perturb_answers(y, query)
+            feats = self._features or {}
+        finally:
+            self._query = None
+            self._features = None
+        return y, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, False)[0]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self._run(x, True)
+
+    def close(self) -> None:
+        """Remove every hook this wrapper put on the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> ServedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

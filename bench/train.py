@@ -1,0 +1,85 @@
+"""The one training loop: teachers, students, surrogates and changed teachers all train here.
+
+Adam with cosine learning-rate decay and gradient clipping; a non-finite loss stops training with a
+:class:`TrainingDiverged` error (a sweep records it as a failed cell).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import BenchError
+from bench.progress import bar
+
+
+class TrainingDiverged(BenchError):
+    pass
+
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def l1_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    inputs, targets = batch
+    return F.l1_loss(model(inputs), targets)
+
+
+def train(
+    model: nn.Module,
+    next_batch: Callable[[torch.Generator], Batch],
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    loss_fn: LossFn = l1_loss,
+    params: Iterable[torch.nn.Parameter] | None = None,
+    desc: str = "training",
+    progress: bool = True,
+    clip: float = 1.0,
+) -> list[float]:
+    """Train ``model`` for ``steps`` steps on batches from ``next_batch(generator)``; returns losses.
+
+    ``seed`` fixes the data order (the generator handed to ``next_batch``); the model's
+    initialisation is the caller's. ``params`` defaults to the model's parameters (attacks add
+    adapters).
+    """
+    model.train()
+    params = list(params) if params is not None else list(model.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    floor = 0.05  # final lr as a fraction of the initial one
+
+    def schedule(step: int) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    gen = torch.Generator().manual_seed(int(seed))
+    losses: list[float] = []
+    with bar(total=steps, desc=desc, show=progress, unit="step") as pbar:
+        for step in range(steps):
+            batch = next_batch(gen)
+            loss = loss_fn(model, batch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{desc}: loss became {value} at step {step}; lower the learning rate "
+                    "(--set profile.teacher_lr / student_lr)."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            sched.step()
+            losses.append(value)
+            if step % 10 == 0:
+                pbar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            pbar.update(1)
+    model.eval()
+    return losses

@@ -1,0 +1,1 @@
+"""Built-in defenses: one module each, found through the ``bench.defenses`` entry points."""
