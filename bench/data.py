@@ -66,8 +66,12 @@ def sample_pair_crops(
     *,
     scale: int = 1,
     augment: bool = True,
+    setting: str = "profile.crop",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random aligned crops from paired images (the one crop sampler, used by every training loop)."""
+    """Random aligned crops from paired images (the one crop sampler, used by every training loop).
+
+    ``setting`` names the profile field that chose ``crop``, for the error when an image is too small.
+    """
     in_crop = max(1, crop // scale)
     out_crop = in_crop * scale
     xs, ys = [], []
@@ -76,7 +80,12 @@ def sample_pair_crops(
     for i in idx:
         x, y = inputs[i], targets[i]
         h, w = x.shape[-2:]
-        ch, cw = min(in_crop, h), min(in_crop, w)
+        if h < in_crop or w < in_crop:
+            raise BenchError(
+                f"an image of {w * scale}x{h * scale} px is smaller than the {out_crop} px crop; "
+                f"lower --set {setting}=... or use larger images."
+            )
+        ch, cw = in_crop, in_crop
         top = int(torch.randint(h - ch + 1, (1,), generator=generator))
         left = int(torch.randint(w - cw + 1, (1,), generator=generator))
         xc = x[..., top:top + ch, left:left + cw]
@@ -86,10 +95,6 @@ def sample_pair_crops(
             xc, yc = dihedral(xc, k), dihedral(yc, k)
         xs.append(xc)
         ys.append(yc)
-    if any(x.shape != xs[0].shape for x in xs):
-        raise BenchError(
-            f"an image is smaller than the crop ({out_crop} px); lower --set profile.crop or use larger images."
-        )
     return torch.stack(xs), torch.stack(ys)
 
 

@@ -19,10 +19,10 @@ from bench.train import LossFn, l1_loss, train
 
 
 def pick_queries(pool: Pool, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` attacker query images: random crops of ``size`` input pixels from the pool's degraded
-    images (the attacker has no clean images)."""
-    inputs, _ = sample_pair_crops(pool.degraded, pool.clean, n, size * pool.scale, generator,
-                                  scale=pool.scale, augment=False)
+    """``n`` attacker query images: random crops from the pool's degraded images (the attacker has no
+    clean images), ``size`` output pixels square (``size / scale`` input pixels for SR)."""
+    inputs, _ = sample_pair_crops(pool.degraded, pool.clean, n, size, generator,
+                                  scale=pool.scale, augment=False, setting="profile.query_size")
     return inputs
 
 

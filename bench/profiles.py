@@ -29,7 +29,7 @@ class Profile:
     student_blocks: int = param(2, "student residual blocks")
     student_steps: int = param(500, "student training steps")
     student_lr: float = param(2e-3, "student learning rate (Adam, cosine decay)")
-    query_size: int = param(64, "side of one attacker query, in input pixels")
+    query_size: int = param(64, "side of one attacker query, in output pixels (input: size / scale)")
     query_budget: int = param(256, "queries the attacker may make (one image each)")
     query_batch: int = param(16, "queries sent per request")
 

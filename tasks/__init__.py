@@ -1,0 +1,1 @@
+"""Built-in tasks: super-resolution, low-light, underwater, dehazing, deraining, and paired folders."""
