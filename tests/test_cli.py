@@ -1,0 +1,79 @@
+"""The command line: results table, plugin listing, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("task", ["sr", "lowlight", "underwater", "dehaze", "derain"])
+@pytest.mark.parametrize("defense", ["none", "asvp"])
+def test_smoke_run_prints_the_result_table(capsys, shared_home, task, defense):
+    code, out, err = run(capsys, "run", "--task", task, "--defense", defense, "--profile", "smoke",
+                         "--home", str(shared_home))
+    assert code == 0, err
+    for label in ("teacher", "served teacher", "student (undefended)", "student (defended)",
+                  "teacher_drop_db", "student_drop_db", "student_ssim_drop_pct"):
+        assert label in out
+
+
+def test_folder_task_runs_on_user_pairs(capsys, tmp_path):
+    import numpy as np
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(0)
+    for sub in ("input", "target"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(5):
+        clean = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+        noisy = np.clip(clean.astype(int) + rng.integers(-20, 20, clean.shape), 0, 255).astype(np.uint8)
+        imsave(tmp_path / "data" / "target" / f"im{i}.png", clean, check_contrast=False)
+        imsave(tmp_path / "data" / "input" / f"im{i}.png", noisy, check_contrast=False)
+    code, out, err = run(capsys, "run", "--task", "folder", "--data", str(tmp_path / "data"),
+                         "--defense", "asvp", "--profile", "smoke", "--home", str(tmp_path / "runs"))
+    assert code == 0, err
+    assert "folder · asvp" in out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "--task", "derian"], ["unknown task 'derian'", "Did you mean 'derain'"]),
+    (["run", "--task", "derain", "--defense", "asvq"], ["unknown defense 'asvq'", "asvp"]),
+    (["run", "--task", "derain", "--attack", "kd"], ["unknown attack 'kd'", "vanilla_kd"]),
+    (["run", "--task", "derain", "--defense", "asvp", "--set", "defense.hh=2"], ["no parameter 'hh'"]),
+    (["run", "--task", "derain", "--defense", "asvp", "--set", "defense.h=big"], ["'h' must be float"]),
+    (["run", "--task", "derain", "--set", "h=2"], ["GROUP.KEY=VALUE"]),
+    (["run", "--task", "derain", "--profile", "huge"], ["unknown profile 'huge'", "smoke, quick, paper"]),
+    (["run", "--task", "folder"], ["--data"]),
+    (["run", "--task", "folder", "--data", "/nonexistent/dir"], ["/nonexistent/dir"]),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, words):
+    code, out, err = run(capsys, *argv, "--home", str(tmp_path))
+    assert code == 2
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: ")
+    for w in words:
+        assert w in err
+
+
+def test_broken_image_in_data_names_the_file(capsys, tmp_path):
+    for sub in ("input", "target"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "d" / sub / f"x{i}.png").write_bytes(b"\x89PNG not really")
+    code, out, err = run(capsys, "run", "--task", "folder", "--data", str(tmp_path / "d"), "--profile",
+                         "smoke", "--home", str(tmp_path / "runs"))
+    assert code == 2 and "x0.png" in err and err.count("\n") == 1
+
+
+def test_list_shows_every_plugin_with_origin_and_params(capsys):
+    code, out, err = run(capsys, "list")
+    assert code == 0
+    for name in ("asvp", "none", "vanilla_kd", "derain", "sr", "folder"):
+        assert name in out
+    assert "[antidistill-bench]" in out and "tau" in out and "strength: h" in out
