@@ -51,6 +51,8 @@ class CellSpec:
     attack_params: dict[str, Any] = field(default_factory=dict)
     profile_params: dict[str, Any] = field(default_factory=dict)
     teacher_seed: int = 0
+    #: run the defense at the strength calibrated to cost the teacher this many dB (None: as given)
+    budget_db: float | None = None
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Cell:
             "attack": self.attack.identity(),
             "seed": self.spec.seed,
             "teacher_seed": self.spec.teacher_seed,
+            "budget_db": self.spec.budget_db,
             "profile": {k: v for k, v in dataclasses.asdict(self.profile).items() if k != "name"},
         }
 
@@ -86,6 +89,8 @@ def resolve(spec: CellSpec) -> Cell:
     """Instantiate and validate every part of a cell (fails fast, before any training)."""
     if spec.seed < 0 or spec.teacher_seed < 0:
         raise BenchError("seeds must be >= 0.")
+    if spec.budget_db is not None:
+        raise BenchError("calibrated budgets (budget_db) are not available yet; set the strength with --set.")
     profile = get_profile(spec.profile, spec.profile_params)
     task = make_plugin(TASKS, spec.task, spec.task_params, profile=profile)
     defense = make_plugin(DEFENSES, spec.defense, spec.defense_params, seed=spec.seed)
@@ -158,6 +163,22 @@ def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float
         ps.append(psnr(pred, y, y_channel=task.y_channel, shave=task.shave))
         ss.append(ssim(pred, y, y_channel=task.y_channel, shave=task.shave))
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+
+
+@torch.no_grad()
+def save_samples(folder: Path, pool: Pool, task: Task, models: dict[str, nn.Module], index: int = 0) -> None:
+    """PNGs of one test image through every model (input, target, teacher, served, students) for the
+    report's visual grid; the input is shown at output size (SR: bicubic)."""
+    import imageio.v3 as iio
+
+    from bench.cache import atomic_write_bytes
+
+    x, y = pool.degraded[index][None], pool.clean[index][None]
+    images = {"input": task.baseline(x), "target": y}
+    images.update({name: m(x) for name, m in models.items()})
+    for name, img in images.items():
+        arr = (img[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        atomic_write_bytes(folder / f"{name}.png", iio.imwrite("<bytes>", arr, extension=".png"))
 
 
 def answers_unchanged(defense: Defense, attack: Attack) -> bool:
@@ -259,6 +280,8 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
             "student_ref": evaluate(ref_student, test, task),
             "student": evaluate(student, test, task),
         }
+        save_samples(artifacts.dir(cell.key) / "samples", test, task, {
+            "teacher": teacher, "served": served, "student_ref": ref_student, "student": student})
     timings["score_s"] = time.perf_counter() - t
 
     metrics: dict[str, Any] = {}
