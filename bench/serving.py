@@ -35,10 +35,20 @@ def content_seed(sample: torch.Tensor, defense_seed: int) -> int:
 
 @dataclass
 class Query:
-    """One batch of questions to the served model, with a content seed per image."""
+    """One batch of questions to the served model, with a content seed per image.
+
+    Seeds are hashed on first use only, so deterministic defenses pay nothing for them.
+    """
 
     inputs: torch.Tensor
-    seeds: list[int]
+    defense_seed: int = 0
+    _seeds: list[int] | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        if self._seeds is None:
+            self._seeds = [content_seed(s, self.defense_seed) for s in self.inputs]
+        return self._seeds
 
     def generator(self, index: int, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator for image ``index`` of the batch: the same image always gets the same stream."""
@@ -110,7 +120,7 @@ class ServedModel(nn.Module):
     def _run(self, x: torch.Tensor, want_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self._handles and self.defense is not None and self.perturbed_layers:
             raise BenchError("this served model was closed; serve the model again")
-        query = Query(x, [content_seed(s, self.defense_seed) for s in x])
+        query = Query(x, self.defense_seed)
         self._query = query
         self._features = {} if want_features else None
         try:

@@ -1,0 +1,362 @@
+"""ASVP: Adaptive Singular Value Perturbation of the teacher's internal features.
+
+Paper: Han Hu, Zhuoran Zheng, Chen Lyu, "Defense against Unauthorized Distillation in Image Restoration
+via Feature Space Perturbation", arXiv:2510.08925 (2025). What the text gives: an SVD of the teacher's
+internal feature maps; the top-k singular values are amplified by a factor h (sigma_i <- h sigma_i,
+i <= k), k is chosen adaptively, a spatial coherence constraint keeps reconstruction fidelity; a runtime,
+plug-and-play defense without retraining.
+
+What the text leaves open, and what this module chooses (each choice is a parameter, DESIGN section 5):
+
+- ``layers``: which modules are perturbed. Default ``middle``: the middle body block(s) of the reference
+  architecture (:func:`bench.models.middle_layers`: one block for an odd count, the central two for an
+  even count). Any module names of the teacher may be given instead. In ``inline`` mode a later
+  perturbed layer sees the already perturbed output of an earlier one (the effects compound).
+- Each sample of a batch is decomposed on its own (never the batch as one matrix), so an image's answer
+  does not depend on the rest of its batch.
+- ``layout``: which matrix is decomposed. ``channel`` (default): each sample's (C, H, W) feature map as
+  a C x HW matrix, so the singular vectors are channel mixtures times spatial patterns. ``spatial``:
+  each channel of each sample as its own H x W matrix.
+- ``k_mode``: ``energy`` (default, the "adaptive" k): per matrix, the smallest k whose squared singular
+  values hold a fraction ``tau`` of the energy ||F||_F^2, at least 1 and at most ``k_max``.
+  ``fixed``: k = ``k`` for every matrix. In the ``spatial`` layout k is per (sample, channel) matrix.
+  Where sigma_k = sigma_{k+1} the top-k subspace is not unique and any choice of it is as faithful.
+- ``h``: the amplification (the strength calibrated by ``bench calibrate``). Values below 1 attenuate
+  the top-k directions instead (h = 1 is the identity); they are allowed, for sweeps.
+- ``mode``: ``inline`` (default): the amplified features replace the originals and flow on through the
+  teacher, so answers change; this is the reading that fits "a spatial coherence constraint preserves
+  reconstruction fidelity" (a constraint that would be pointless if answers never changed).
+  ``exposed``: only the copy of the features exposed to feature-level attackers is amplified, answers
+  stay bit-exact (an ablation; a defense in this mode touches no answers).
+- ``coherence``: the perturbation dF = amplified - F is multiplied by a smooth spatial mask, the local
+  feature energy (mean over channels of F^2, box-averaged over a ``window`` x ``window`` neighbourhood,
+  zero padding not counted) normalised per sample to a maximum of 1, so that flat, low-energy regions
+  are left (nearly) coherent; then it is bounded per sample: if ||dF|| > ``rho`` ||F|| it is scaled down
+  to ``rho`` ||F|| (Frobenius norms over the sample's whole feature map). Note that before masking
+  ||dF|| = |h - 1| ||P_k F|| <= |h - 1| ||F||, so the bound can only bind when |h - 1| > rho (at the
+  defaults, h = 1.5 and rho = 0.5, it never does; it matters in strength sweeps). With
+  ``coherence=false`` dF is used as is.
+
+How it is computed (ASVP runs on every query, so the hot path does no SVD of a large matrix):
+
+- ``channel``: with F the C x HW matrix and U_k the top-k eigenvectors of the C x C Gram matrix F F^T
+  (accumulated in the features' dtype, decomposed in float64 by ``torch.linalg.eigh``), amplifying the
+  top-k singular values is dF = (h - 1) U_k U_k^T F: same singular vectors, top-k singular values times
+  h. The eigenvalues are the squared singular values, so the energy rule for k costs nothing extra.
+  Because U_k has orthonormal columns, the per-pixel energy of dF is that of the small k x HW factor
+  U_k^T F, so the coherence mask and bound are applied to that factor and one fused product
+  F + U_k (s * mask * (h - 1) U_k^T F) gives the answer (s: the bound's scale). At the defaults, on
+  RestorationCNN(32, 4) and a 1x3x256x256 input on 2 CPU cores, the served forward costs about 1.2x
+  the teacher's (tests/test_bench_asvp.py); a full SVD costs about 3.5x.
+- ``spatial``: a randomized low-rank SVD (Halko, Martinsson, Tropp 2011) of each H x W matrix, taken
+  with its shorter side as rows: a Gaussian test matrix with ``k + oversample`` columns (``k_max`` in
+  energy mode), ``power_iters`` power iterations re-orthonormalised by QR, then the eigen-decomposition
+  of the small projected Gram matrix. The test matrix comes from a generator with a fixed seed, the
+  same for every matrix, so answers are deterministic and do not depend on the rest of the batch. When
+  the shorter side is at most ``k + oversample`` the exact Gram path is used. The randomized path is
+  exact up to ~(sigma_{l+1} / sigma_k)^(2 power_iters + 1); on spectra without a gap the amplified
+  subspace is an approximation (so is the "top-k" itself then). In energy mode only the top
+  l = ``k_max + oversample`` singular values are known: k is the smallest whose energies reach ``tau``
+  of the exact total ||F||^2, else ``k_max``.
+- ``use_reference`` (tests and benchmarks only): a full ``torch.linalg.svd`` per matrix instead.
+
+ASVP draws no randomness, so it is deterministic per input, as DESIGN section 2 requires.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from bench import BenchError
+from bench.api import Defense
+from bench.models import middle_layers
+from bench.params import param
+from bench.serving import Query
+
+Layout = Literal["channel", "spatial"]
+
+
+@dataclass(frozen=True)
+class Params:
+    layers: tuple[str, ...] = param(("middle",), "modules whose output features are perturbed; "
+                                                 "'middle' = the middle body block(s)")
+    layout: Layout = param("channel", "decompose each sample as a C x HW matrix (channel) "
+                                      "or each channel as an H x W matrix (spatial)")
+    k_mode: Literal["fixed", "energy"] = param("energy", "k fixed to 'k', or the smallest k holding a "
+                                                         "fraction 'tau' of the energy (<= k_max)")
+    k: int = param(4, "number of amplified singular values when k_mode=fixed")
+    tau: float = param(0.9, "energy fraction the top-k singular values must hold (k_mode=energy)")
+    k_max: int = param(8, "upper bound on the adaptive k (k_mode=energy)")
+    h: float = param(1.5, "amplification of the top-k singular values (sigma <- h * sigma)")
+    mode: Literal["inline", "exposed"] = param("inline", "inline: perturbed features flow on (answers "
+                                                         "change); exposed: only exposed features change")
+    coherence: bool = param(True, "modulate the perturbation by a smooth local-energy mask and bound "
+                                  "it by rho * ||F||")
+    rho: float = param(0.5, "coherence bound: ||dF|| <= rho * ||F|| per sample")
+    window: int = param(7, "side (odd) of the box window smoothing the coherence mask")
+    oversample: int = param(8, "extra columns of the randomized SVD (spatial layout)")
+    power_iters: int = param(4, "power iterations of the randomized SVD (spatial layout)")
+    use_reference: bool = param(False, "test/benchmark only: full SVD instead of the fast paths")
+
+    def __post_init__(self) -> None:
+        if not self.layers or any(not name for name in self.layers):
+            raise ValueError("layers must name at least one module (or 'middle')")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.k_max < 1:
+            raise ValueError(f"k_max must be >= 1, got {self.k_max}")
+        if not 0.0 <= self.h < float("inf"):
+            raise ValueError(f"h must be finite and >= 0, got {self.h}")
+        if not 0.0 < self.rho < float("inf"):
+            raise ValueError(f"rho must be finite and > 0, got {self.rho}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"window must be an odd number >= 1, got {self.window}")
+        if self.oversample < 0:
+            raise ValueError(f"oversample must be >= 0, got {self.oversample}")
+        if self.power_iters < 0:
+            raise ValueError(f"power_iters must be >= 0, got {self.power_iters}")
+
+
+# ------------------------------------------------------------------------------------------ spectra
+# Both layouts reduce to a batch of matrices A (B, m, n) (for the spatial layout with m <= n) and a
+# low-rank factorisation of the perturbation, dA = L @ R with L (B, m, r) and R (B, r, n):
+# - exact path: U = eigenvectors of A A^T (float64, descending), L = U_r, R = w * (U_r^T A);
+# - randomized path: A ~ Q Bm with Q (B, m, l) orthonormal, U = eigenvectors of Bm Bm^T,
+#   L = Q U_r, R = w * (U_r^T Bm);
+# where w_i = h - 1 for the top k_b directions of matrix b and 0 for the rest (r = the largest k).
+# The eigenvalues are the squared singular values of A (the top l of them, randomized).
+
+_TEST_MATRIX_SEED = 0x5A5F
+
+
+@functools.lru_cache(maxsize=16)
+def _test_matrix(n: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A fixed Gaussian (n, cols) test matrix for the range finder (same for every matrix and call)."""
+    g = torch.Generator().manual_seed(_TEST_MATRIX_SEED)
+    return torch.randn(n, cols, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+def _matrices(features: torch.Tensor, layout: str) -> tuple[torch.Tensor, bool]:
+    """(N, C, H, W) -> a batch of matrices, and whether the spatial matrices were transposed."""
+    if features.dim() != 4:
+        raise ValueError(f"ASVP expects features (N, C, H, W), got shape {tuple(features.shape)}")
+    n, c, h, w = features.shape
+    if layout == "channel":
+        return features.reshape(n, c, h * w), False
+    if layout == "spatial":
+        mats = features.reshape(n * c, h, w)
+        return (mats.transpose(1, 2), True) if h > w else (mats, False)
+    raise ValueError(f"layout must be 'channel' or 'spatial', got {layout!r}")
+
+
+def _from_matrices(mats: torch.Tensor, transposed: bool, shape: torch.Size) -> torch.Tensor:
+    return (mats.transpose(1, 2) if transposed else mats).reshape(shape)
+
+
+def _spectrum(mats: torch.Tensor, rank: int, oversample: int, power_iters: int, randomized: bool):
+    """(Q or None, Bm, U, ev, total): A ~ Q Bm, Bm Bm^T = U diag(ev) U^T (descending), total = ||A||^2.
+
+    The Gram matrix is accumulated in the features' dtype and decomposed in float64: in float32 the
+    amplified subspace agrees with a float64 SVD to ~1e-6 on teacher features, at under half the
+    cost of a float64 Gram matrix."""
+    m, n = mats.shape[-2:]
+    cols = min(rank + oversample, m, n)
+    q = None
+    if randomized and m > cols:
+        omega = _test_matrix(n, cols, mats.dtype, mats.device)
+        at = mats.transpose(1, 2)
+        y = mats @ omega
+        for _ in range(power_iters):
+            z = torch.linalg.qr(at @ torch.linalg.qr(y).Q).Q
+            y = mats @ z
+        q = torch.linalg.qr(y).Q
+        bm = q.transpose(1, 2) @ mats
+        total = mats.double().pow(2).sum(dim=(1, 2))
+    else:
+        bm = mats
+    gram = (bm @ bm.transpose(1, 2)).double()
+    ev, u = torch.linalg.eigh(gram)
+    if q is None:
+        total = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return q, bm, u.flip(-1), ev.flip(-1).clamp_min(0), total
+
+
+def _k_from_energy(ev: torch.Tensor, total: torch.Tensor, tau: float, k_max: int) -> torch.Tensor:
+    """Smallest k with sum_{i<=k} sigma_i^2 >= tau * total, clamped to [1, min(k_max, rank)]."""
+    below = ev.cumsum(-1) < tau * total.unsqueeze(-1)
+    return (below.sum(-1) + 1).clamp(1, min(k_max, ev.shape[-1]))
+
+
+def _factors(q, bm, u, k: torch.Tensor, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R) with L @ R = (h - 1) Q U_k U_k^T Bm, per-matrix k (LongTensor (B,))."""
+    r = min(int(k.max()), u.shape[-1])
+    uk = u[..., :r]
+    weights = (h - 1.0) * (torch.arange(r, device=k.device) < k.unsqueeze(-1))
+    right = (uk * weights.unsqueeze(-2)).transpose(1, 2).to(bm.dtype) @ bm
+    uk = uk.to(bm.dtype)
+    return (uk if q is None else q @ uk), right
+
+
+def _per_matrix_k(k: int | torch.Tensor, features: torch.Tensor, layout: str) -> torch.Tensor:
+    """k as a LongTensor with one entry per matrix of the layout ((N,) or (N * C,))."""
+    n, c = features.shape[:2]
+    kt = torch.as_tensor(k, dtype=torch.long, device=features.device)
+    if (kt < 1).any():
+        raise ValueError("k must be >= 1")
+    if layout == "channel":
+        return kt.expand(n).clone()
+    if kt.dim() == 1:
+        kt = kt.unsqueeze(-1)
+    return kt.expand(n, c).reshape(-1).clone()
+
+
+def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | None, h: float, *,
+                  tau: float = 1.0, k_max: int = 1, oversample: int = 8, power_iters: int = 4):
+    """(mats, transposed, L, R, total): the perturbation of every matrix as L @ R; k=None: energy rule."""
+    mats, transposed = _matrices(features, layout)
+    kt = None if k is None else _per_matrix_k(k, features, layout)
+    rank = k_max if kt is None else int(kt.max())
+    q, bm, u, ev, total = _spectrum(mats, rank, oversample, power_iters, layout == "spatial")
+    if kt is None:
+        kt = _k_from_energy(ev, total, tau, k_max)
+    left, right = _factors(q, bm, u, kt, h)
+    return mats, transposed, left, right, total
+
+
+# ------------------------------------------------------------------------------------- public helpers
+def amplify_top_k(features: torch.Tensor, k: int | torch.Tensor, h: float, layout: Layout = "channel", *,
+                  oversample: int = 8, power_iters: int = 4) -> torch.Tensor:
+    """``features`` with the top-k singular values of each matrix of ``layout`` multiplied by ``h``.
+
+    ``k``: an int, or a LongTensor with one k per sample (N,) or, for the spatial layout, per
+    (sample, channel) (N, C). Fast paths: Gram eigen-decomposition (channel), randomized SVD (spatial).
+    """
+    mats, transposed, left, right, _ = _fast_factors(features, layout, k, h, oversample=oversample,
+                                                     power_iters=power_iters)
+    return _from_matrices(torch.baddbmm(mats, left, right), transposed, features.shape)
+
+
+def energy_k(features: torch.Tensor, tau: float, k_max: int, layout: Layout = "channel", *,
+             oversample: int = 8, power_iters: int = 4) -> torch.Tensor:
+    """The adaptive k per matrix: (N,) for the channel layout, (N, C) for the spatial layout."""
+    mats, _ = _matrices(features, layout)
+    _, _, _, ev, total = _spectrum(mats, k_max, oversample, power_iters, layout == "spatial")
+    k = _k_from_energy(ev, total, tau, k_max)
+    return k if layout == "channel" else k.view(features.shape[:2])
+
+
+def _reference_delta(features: torch.Tensor, k: torch.Tensor | None, h: float, layout: str,
+                     tau: float = 1.0, k_max: int = 1) -> torch.Tensor:
+    """dF by a full float64 SVD of every matrix; k=None: the energy rule on the exact spectrum."""
+    mats, transposed = _matrices(features, layout)
+    u, s, vh = torch.linalg.svd(mats.double(), full_matrices=False)
+    if k is None:
+        k = _k_from_energy(s.square(), s.square().sum(-1), tau, k_max)
+    keep = torch.arange(s.shape[-1], device=s.device) < k.unsqueeze(-1)
+    d = (u * ((h - 1.0) * s * keep).unsqueeze(-2)) @ vh
+    return _from_matrices(d.to(features.dtype), transposed, features.shape)
+
+
+def amplify_top_k_reference(features: torch.Tensor, k: int | torch.Tensor, h: float,
+                            layout: Layout = "channel") -> torch.Tensor:
+    """Same as :func:`amplify_top_k`, by a full float64 ``torch.linalg.svd`` (slow; for tests)."""
+    return features + _reference_delta(features, _per_matrix_k(k, features, layout), h, layout)
+
+
+@functools.lru_cache(maxsize=16)
+def _box_matrix(n: int, window: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n, n) band matrix whose row i averages the entries within window // 2 of i inside [0, n)."""
+    i = torch.arange(n, dtype=torch.float64)
+    band = ((i.view(-1, 1) - i.view(1, -1)).abs() <= window // 2).double()
+    return (band / band.sum(dim=1, keepdim=True)).to(device, dtype)
+
+
+def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of (N, 1, H, W) maps over each window x window neighbourhood inside the image, i.e.
+    ``avg_pool2d(x, window, 1, window // 2, count_include_pad=False)``: the count is separable, so this
+    is A_H x A_W^T with row-normalised band matrices (two small products; avg_pool2d on one channel is
+    several times slower on CPU)."""
+    hh, ww = x.shape[-2:]
+    return _box_matrix(hh, window, x.dtype, x.device) @ x @ _box_matrix(ww, window, x.dtype, x.device).T
+
+
+def coherence_mask(features: torch.Tensor, window: int) -> torch.Tensor:
+    """(N, 1, H, W) smooth local feature energy, normalised per sample to a maximum of 1.
+
+    (The sum over channels of F^2 is used: the mean differs by the factor C, which the
+    normalisation removes.)"""
+    smooth = _box_mean(torch.linalg.vecdot(features, features, dim=1).unsqueeze(1), window)
+    peak = smooth.amax(dim=(1, 2, 3), keepdim=True)
+    return smooth / peak.clamp_min(torch.finfo(smooth.dtype).tiny)
+
+
+def _bound_scale(delta_norm: torch.Tensor, total: torch.Tensor, rho: float) -> torch.Tensor:
+    """Per-sample factor min(1, rho ||F|| / ||dF||) (float64), from ||dF|| and total = ||F||^2."""
+    return (rho * total.sqrt() / delta_norm.double().clamp_min(1e-300)).clamp(max=1.0)
+
+
+def perturb(features: torch.Tensor, p: Params) -> torch.Tensor:
+    """ASVP's perturbed features for one layer under ``p`` (the whole algorithm; deterministic)."""
+    n = features.shape[0]
+    k = p.k if p.k_mode == "fixed" else None
+    if p.use_reference:
+        kt = None if k is None else _per_matrix_k(k, features, p.layout)
+        delta = _reference_delta(features, kt, p.h, p.layout, p.tau, p.k_max)
+        total = features.double().pow(2).flatten(1).sum(1)
+    else:
+        mats, transposed, left, right, total = _fast_factors(
+            features, p.layout, k, p.h, tau=p.tau, k_max=p.k_max, oversample=p.oversample,
+            power_iters=p.power_iters)
+        total = total.view(n, -1).sum(1)
+        if p.layout == "channel" and p.coherence:
+            # dF = L @ R with orthonormal columns in L (C, r): the per-pixel energy of dF is that of R's
+            # column, so mask and bound act on the small R and one fused product gives the answer.
+            right = right * coherence_mask(features, p.window).view(n, 1, -1)
+            scale = _bound_scale(torch.linalg.vector_norm(right, dim=(1, 2)), total, p.rho)
+            return torch.baddbmm(mats, left * scale.to(left.dtype).view(n, 1, 1), right).view_as(features)
+        delta = _from_matrices(left @ right, transposed, features.shape)
+    if not p.coherence:
+        return features + delta
+    delta = delta * coherence_mask(features, p.window)
+    scale = _bound_scale(torch.linalg.vector_norm(delta.flatten(1), dim=1), total, p.rho)
+    return torch.addcmul(features, delta, scale.to(delta.dtype).view(n, 1, 1, 1))
+
+
+# -------------------------------------------------------------------------------------------- defense
+class ASVP(Defense):
+    """Adaptive Singular Value Perturbation (arXiv:2510.08925) at the teacher's feature layers."""
+
+    Params: ClassVar[type] = Params
+    strength: ClassVar[str | None] = "h"
+    version: ClassVar[str] = "1"
+
+    @property
+    def inline(self) -> bool:  # type: ignore[override]
+        return self.params.mode == "inline"
+
+    def channels(self) -> tuple[str, ...]:
+        return ("answers", "features") if self.inline else ("features",)
+
+    def feature_layers(self, model: nn.Module) -> Sequence[str]:
+        names: list[str] = []
+        for name in self.params.layers:
+            if name == "middle":
+                middle = middle_layers(model)
+                if not middle:
+                    raise BenchError("defense 'asvp': layers=middle needs a model with body blocks "
+                                     "(body.0, body.1, ...); name the layers explicitly instead.")
+                names.extend(middle)
+            else:
+                names.append(name)
+        return list(dict.fromkeys(names))
+
+    def perturb_features(self, layer: str, features: torch.Tensor, query: Query) -> torch.Tensor:
+        return perturb(features, self.params)

@@ -1,0 +1,106 @@
+"""Speed of ASVP's served forward against the undefended teacher (pytest-benchmark).
+
+Skipped by normal runs (``--benchmark-skip`` in pyproject's addopts). Run with::
+
+    .venv/bin/python -m pytest tests/test_bench_asvp.py --benchmark-only
+
+One 1x3x256x256 image through RestorationCNN(32, 4) (ASVP's default layers: body.1 and body.2), with
+torch's default thread count (tests/conftest.py pins one thread; this module restores the default for
+its duration). The target (DESIGN section 5, "speed matters"): ASVP at defaults costs at most 1.25x
+the undefended teacher's forward.
+
+``test_served_forward[...]`` times each variant on its own (pytest-benchmark's table).
+``test_paired_rounds`` runs every variant once per round, interleaved, so that drift in the machine's
+speed (other processes, frequency) hits all variants alike; its per-variant medians give the ratios
+printed at the end of the run and stored in its ``extra_info``. ``ASVP_BENCH_ROUNDS`` sets the rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import pytest
+import torch
+
+import bench.params
+from bench.models import RestorationCNN
+from bench.registry import DEFENSES
+
+VARIANTS = {
+    "teacher": None,
+    "asvp-channel": {},
+    "asvp-spatial": {"layout": "spatial"},
+    "asvp-reference": {"use_reference": True},
+}
+ROUNDS = int(os.environ.get("ASVP_BENCH_ROUNDS", "15"))
+_report: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_threads(request):
+    before = torch.get_num_threads()
+    # torch's default: one thread per CPU (OMP_NUM_THREADS if set)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if _report and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            for line in _report:
+                reporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def served():
+    """Name -> callable on the 1x3x256x256 input, all sharing one teacher."""
+    torch.manual_seed(0)
+    model = RestorationCNN(32, 4).eval()
+    x = torch.rand(1, 3, 256, 256)
+    cls = DEFENSES.get("asvp")
+    fns, wrappers = {}, []
+    for name, overrides in VARIANTS.items():
+        if overrides is None:
+            fns[name] = model
+        else:
+            defense = cls(bench.params.build(cls.Params, overrides, owner="defense 'asvp'"), seed=0)
+            wrappers.append(defense.serve(model))
+            fns[name] = wrappers[-1]
+    yield fns, x
+    for w in wrappers:
+        w.close()
+
+
+@pytest.mark.benchmark(group="asvp-256")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_served_forward(benchmark, served, variant):
+    fns, x = served
+    with torch.no_grad():
+        benchmark.pedantic(fns[variant], args=(x,), rounds=ROUNDS, iterations=1, warmup_rounds=2)
+
+
+@pytest.mark.benchmark(group="asvp-256-paired")
+def test_paired_rounds(benchmark, served):
+    fns, x = served
+    times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def one_round():
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+
+    with torch.no_grad():
+        for fn in fns.values():  # warm up
+            fn(x)
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    base = medians["teacher"]
+    benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
+    benchmark.extra_info.update({f"{n}_ratio": round(ms / base, 3) for n, ms in medians.items()})
+    _report.append(f"ASVP served forward, 1x3x256x256, RestorationCNN(32, 4), {torch.get_num_threads()} "
+                   f"torch threads, {ROUNDS} interleaved rounds: median ms (ratio to the teacher)")
+    _report.extend(f"  {n:15s} {ms:8.1f} ms  ({ms / base:.2f}x)" for n, ms in medians.items())
