@@ -9,6 +9,7 @@ the teacher uses ``teacher_seed`` (0 by default), the owner's fixed asset.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import time
 import traceback
@@ -152,6 +153,40 @@ def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts
     return student, api.used
 
 
+def fit_defense(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, *,
+                progress: bool = True, force: bool = False) -> None:
+    """Let the cell's defense train what it needs (surrogates, changed teachers), cached per config."""
+    def cached_model(config, build_fn, train_fn):
+        return artifacts.cached_model({"teacher": teacher_key, **config}, build_fn, train_fn, force=force)[0]
+
+    ctx = FitContext(profile=cell.profile, seed=cell.spec.seed, task=cell.task, progress=progress,
+                     cached_model=cached_model)
+    cell.defense.fit(teacher, cell.task.splits(), ctx)
+
+
+def reference_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
+    return {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
+            "attack": cell.attack.identity(), "seed": cell.spec.seed,
+            "profile": subset(cell.profile, STUDENT_FIELDS)}
+
+
+def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, *,
+                      progress: bool = True, force: bool = False) -> tuple[nn.Module, int]:
+    """The student the cell's attack steals from the undefended teacher (same seed, queries, data order
+    and budget as the attacked one), trained once and cached. Returns (student, queries used)."""
+    config = reference_config(cell, teacher_key)
+    key = config_key(config)
+    student = _seeded_build(cell.task.student_arch, 0)
+    if not force and artifacts.load_model(key, student):
+        info = json.loads((artifacts.dir(key) / "config.json").read_text())
+        student.eval()
+        return student, int(info.get("queries_used", cell.attack.budget(cell.profile)))
+    student, used = steal_student(cell, teacher, Defense(None, seed=cell.spec.seed), artifacts=artifacts,
+                                  progress=progress)
+    artifacts.save_model(key, student, config, {"queries_used": used})
+    return student, used
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float]:
     """Mean PSNR/SSIM over the pool's images (``model=None`` scores the degraded input itself)."""
@@ -227,7 +262,7 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
 
 
 def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> dict[str, Any]:
-    task, profile, defense, attack, seed = cell.task, cell.profile, cell.defense, cell.attack, cell.spec.seed
+    task, profile, defense, attack = cell.task, cell.profile, cell.defense, cell.attack
     timings: dict[str, float] = {}
     t = time.perf_counter()
     splits = task.splits()
@@ -240,30 +275,17 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fit_ctx = FitContext(profile=profile, seed=seed, task=task, progress=progress,
-                         cached_model=lambda config, build_fn, train_fn: artifacts.cached_model(
-                             {"teacher": teacher_key, **config}, build_fn, train_fn, force=force)[0])
-    defense.fit(teacher, splits, fit_ctx)
+    fit_defense(cell, teacher, teacher_key, artifacts, progress=progress, force=force)
     timings["defense_fit_s"] = time.perf_counter() - t
 
-    # The reference student: same attack, seed and budget against the undefended teacher (cached).
-    none_defense = Defense(None, seed=seed)
-    ref_config = {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
-                  "attack": attack.identity(), "seed": seed, "profile": subset(profile, STUDENT_FIELDS)}
-    ref_key = config_key(ref_config)
     t = time.perf_counter()
-    ref_student = _seeded_build(task.student_arch, 0)
-    queries_ref = None
-    if force or not artifacts.load_model(ref_key, ref_student):
-        ref_student, queries_ref = steal_student(cell, teacher, none_defense, artifacts=artifacts,
-                                                 progress=progress)
-        artifacts.save_model(ref_key, ref_student, ref_config, {"queries_used": queries_ref})
-    ref_student.eval()
+    ref_student, queries_ref = reference_student(cell, teacher, teacher_key, artifacts, progress=progress,
+                                                 force=force)
     timings["reference_student_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if answers_unchanged(defense, attack):
-        student, queries = ref_student, queries_ref if queries_ref is not None else attack.budget(profile)
+        student, queries = ref_student, queries_ref
         shortcut = True
     else:
         student, queries = steal_student(cell, teacher, defense, artifacts=artifacts, progress=progress)
