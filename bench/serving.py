@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from bench import BenchError
+from bench import BenchError, sizing
 
 if TYPE_CHECKING:
     from bench.api import Defense
@@ -95,6 +95,10 @@ class ServedModel(nn.Module):
         for name in dict.fromkeys(self.exposed_layers + perturbed):
             module = resolve_module(model, name)
             self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        # inputs padded to the model's declared size_multiple (bench.sizing), only for calls made here
+        self._handles.extend(sizing.install(model, active=lambda: self._query is not None))
+        self._hooked = bool(self._handles)
+        self._closed = False
 
     @property
     def inline(self) -> bool:
@@ -118,7 +122,7 @@ class ServedModel(nn.Module):
         return hook
 
     def _run(self, x: torch.Tensor, want_features: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not self._handles and self.defense is not None and self.perturbed_layers:
+        if self._closed and self._hooked:
             raise BenchError("this served model was closed; serve the model again")
         query = Query(x, self.defense_seed)
         self._query = query
@@ -144,6 +148,7 @@ class ServedModel(nn.Module):
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._closed = True
 
     def __enter__(self) -> ServedModel:
         return self
