@@ -10,7 +10,8 @@ What the text leaves open, and what this module chooses (each choice is a parame
 
 - ``layers``: which modules are perturbed. Default ``middle``: the middle body block(s) of the reference
   architecture (:func:`bench.models.middle_layers`: one block for an odd count, the central two for an
-  even count). Any module names of the teacher may be given instead. In ``inline`` mode a later
+  even count), or the middle of the blocks a user's model declares in its ``feature_layers`` attribute.
+  Any module names of the teacher may be given instead. In ``inline`` mode a later
   perturbed layer sees the already perturbed output of an earlier one (the effects compound).
 - Each sample of a batch is decomposed on its own (never the batch as one matrix), so an image's answer
   does not depend on the rest of its batch.
@@ -352,7 +353,8 @@ class ASVP(Defense):
                 middle = middle_layers(model)
                 if not middle:
                     raise BenchError("defense 'asvp': layers=middle needs a model with body blocks "
-                                     "(body.0, body.1, ...); name the layers explicitly instead.")
+                                     "(body.0, body.1, ...) or a feature_layers attribute; name the layers "
+                                     "with --set defense.layers=NAME,NAME (module names of the model).")
                 names.extend(middle)
             else:
                 names.append(name)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import BenchError
+
 
 class ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
@@ -48,13 +50,22 @@ class RestorationCNN(nn.Module):
 
 
 def body_layers(model: nn.Module) -> list[str]:
-    """Names of the body blocks (``body.0``, ``body.1``, ...) of a reference model, in order."""
-    names = [n for n, _ in model.named_modules() if n.startswith("body.") and n.count(".") == 1]
+    """Names of the model's main feature blocks, in order: the ones it declares in a ``feature_layers``
+    attribute (any model: a sequence of module names), else the body blocks (``body.0``, ``body.1``,
+    ...) of a reference model; empty if neither."""
+    declared = getattr(model, "feature_layers", None)
+    if declared is not None and not callable(declared):
+        if isinstance(declared, str) or not all(isinstance(n, str) and n for n in declared):
+            raise BenchError(f"the model's feature_layers must be a sequence of module names, got {declared!r}.")
+        return list(declared)
+    names = [n for n, _ in model.named_modules()
+             if n.startswith("body.") and n.count(".") == 1 and n.split(".")[1].isdigit()]
     return sorted(names, key=lambda n: int(n.split(".")[1]))
 
 
 def middle_layers(model: nn.Module) -> list[str]:
-    """The middle body block(s): one for an odd count, the central two for an even count."""
+    """The middle feature block(s) of :func:`body_layers`: one for an odd count, the central two for an
+    even count."""
     names = body_layers(model)
     if not names:
         return []
