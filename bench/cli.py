@@ -27,6 +27,12 @@ def _common_cell_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a parameter, e.g. --set defense.h=1.5 --set attack.steps=200 (repeatable)")
     p.add_argument("--data", help="folder of paired images (DIR/input, DIR/target) for --task folder")
+    p.add_argument("--teacher", metavar="PACKAGE.MODULE:FACTORY",
+                   help="your own teacher: FACTORY() returns the nn.Module (default: the reference teacher)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="state dict for --teacher, used as is (without it the suite trains your teacher)")
+    p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
+                   help="the attacker's student architecture (default: the reference student)")
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
 
@@ -48,7 +54,9 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     return CellSpec(task=args.task, defense=args.defense, attack=args.attack, seed=args.seed,
                     profile=args.profile, task_params=task_params,
                     defense_params=groups.get("defense", {}), attack_params=groups.get("attack", {}),
-                    profile_params=groups.get("profile", {}), teacher_seed=args.teacher_seed)
+                    profile_params=groups.get("profile", {}), teacher_seed=args.teacher_seed,
+                    teacher=getattr(args, "teacher", None), weights=getattr(args, "weights", None),
+                    student=getattr(args, "student", None))
 
 
 def format_cell(row: dict[str, Any]) -> str:
@@ -70,11 +78,19 @@ def format_cell(row: dict[str, Any]) -> str:
                       ("student_ssim_drop_pct", f"{m['student_ssim_drop_pct']:.2f}")],
                      tablefmt="plain")
     notes = [f"queries used {m['queries_used']}", f"channels touched: {m['channels']}"]
+    for role in ("teacher", "student"):
+        user = row.get("config", {}).get(f"{role}_model")
+        if user:
+            weights = f", weights {user['weights']}" if user.get("weights") else ""
+            head += f"\n{role} {user['factory']} (architecture {user['arch']}{weights})"
     if row.get("cached"):
         notes.append("result from the store (use --force to recompute)")
     else:
         notes.append(f"wall {row['wall_s']:.1f} s")
-        notes.append("teacher cached" if m.get("teacher_cached") else f"teacher trained in {m['teacher_s']:.1f} s")
+        if (row.get("config", {}).get("teacher_model") or {}).get("weights"):
+            notes.append("teacher from --weights")
+        else:
+            notes.append("teacher cached" if m.get("teacher_cached") else f"teacher trained in {m['teacher_s']:.1f} s")
     if m.get("student_shortcut"):
         notes.append("answers unchanged for this attack: defended student = reference student")
     return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + f"\nkey {row['key']}"

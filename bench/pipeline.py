@@ -31,8 +31,10 @@ from bench.params import build
 from bench.profiles import STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
 from bench.query import QueryAPI
 from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.serving import resolve_module
 from bench.store import Store
 from bench.train import train
+from bench.usermodel import UserModel
 
 TEACHER_RECIPE = "1"  # bump when the teacher training recipe in this file changes
 STUDENT_RECIPE = "1"
@@ -54,6 +56,11 @@ class CellSpec:
     teacher_seed: int = 0
     #: run the defense at the strength calibrated to cost the teacher this many dB (None: as given)
     budget_db: float | None = None
+    #: the user's own teacher / student (``PACKAGE.MODULE:FACTORY``, bench.usermodel); None: reference
+    teacher: str | None = None
+    #: weights file for ``teacher`` (used as is); None: the suite trains the user's teacher
+    weights: str | None = None
+    student: str | None = None
 
 
 @dataclass
@@ -63,9 +70,11 @@ class Cell:
     task: Task
     defense: Defense
     attack: Attack
+    teacher_model: UserModel | None = None
+    student_model: UserModel | None = None
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "task": self.task.identity(),
             "defense": self.defense.identity(),
             "attack": self.attack.identity(),
@@ -74,6 +83,18 @@ class Cell:
             "budget_db": self.spec.budget_db,
             "profile": {k: v for k, v in dataclasses.asdict(self.profile).items() if k != "name"},
         }
+        if self.teacher_model is not None:  # only when set, so reference-model keys stay as they were
+            config["teacher_model"] = self.teacher_model.identity()
+        if self.student_model is not None:
+            config["student_model"] = self.student_model.identity()
+        return config
+
+    def teacher_arch(self) -> nn.Module:
+        """A fresh teacher architecture (the user's, without weights, or the task's reference one)."""
+        return self.teacher_model.build(weights=False) if self.teacher_model else self.task.teacher_arch()
+
+    def student_arch(self) -> nn.Module:
+        return self.student_model.build() if self.student_model else self.task.student_arch()
 
     @property
     def key(self) -> str:
@@ -96,7 +117,30 @@ def resolve(spec: CellSpec) -> Cell:
     task = make_plugin(TASKS, spec.task, spec.task_params, profile=profile)
     defense = make_plugin(DEFENSES, spec.defense, spec.defense_params, seed=spec.seed)
     attack = make_plugin(ATTACKS, spec.attack, spec.attack_params, seed=spec.seed)
-    return Cell(spec, profile, task, defense, attack)
+    if spec.weights and not spec.teacher:
+        raise BenchError("--weights needs --teacher PACKAGE.MODULE:FACTORY (the model the weights are for).")
+    where = f"task '{spec.task}'"
+    teacher = UserModel.resolve("teacher", spec.teacher, spec.weights, scale=task.scale, task_name=where) \
+        if spec.teacher else None
+    student = UserModel.resolve("student", spec.student, scale=task.scale, task_name=where) \
+        if spec.student else None
+    cell = Cell(spec, profile, task, defense, attack, teacher, student)
+    check_layers(cell)
+    return cell
+
+
+def check_layers(cell: Cell) -> None:
+    """Fail fast, before any training, on feature layers the teacher does not have."""
+    model = cell.teacher_arch()
+    users = [("defense", cell.spec.defense, cell.defense.feature_layers(model))]
+    if cell.attack.access == "features":
+        users.append(("attack", cell.spec.attack, cell.attack.feature_layers(model)))
+    for kind, name, layers in users:
+        for layer in layers:
+            try:
+                resolve_module(model, layer)
+            except BenchError as exc:
+                raise BenchError(f"{kind} '{name}': {exc} Set them with --set {kind}.layers=NAME,NAME.") from None
 
 
 def versions() -> dict[str, str]:
@@ -111,18 +155,29 @@ def _seeded_build(build_fn, seed: int) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------- stages
-def teacher_config(task: Task, profile: Profile, teacher_seed: int) -> dict[str, Any]:
-    return {"kind": "teacher", "recipe": TEACHER_RECIPE, "task": task.identity(),
-            "profile": subset(profile, TEACHER_FIELDS), "seed": teacher_seed}
+def teacher_config(task: Task, profile: Profile, teacher_seed: int,
+                   model: UserModel | None = None) -> dict[str, Any]:
+    if model is not None and model.weights:  # used as is: neither profile nor seed made it
+        return {"kind": "teacher", "task": task.identity(), "model": model.identity()}
+    config = {"kind": "teacher", "recipe": TEACHER_RECIPE, "task": task.identity(),
+              "profile": subset(profile, TEACHER_FIELDS), "seed": teacher_seed}
+    if model is not None:
+        config["model"] = model.identity()
+    return config
 
 
 def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Artifacts, *,
-                progress: bool = True, force: bool = False) -> tuple[nn.Module, str, bool]:
-    """The owner's teacher for (task, profile, seed): trained on ``owner`` once, then cached."""
-    config = teacher_config(task, profile, teacher_seed)
+                progress: bool = True, force: bool = False,
+                model: UserModel | None = None) -> tuple[nn.Module, str, bool]:
+    """The owner's teacher for (task, profile, seed): trained on ``owner`` once, then cached. With a
+    user's ``model``: its weights file as is, or (without one) its architecture trained the same way."""
+    config = teacher_config(task, profile, teacher_seed, model)
+    if model is not None and model.weights:
+        return model.build(), config_key(config), False
 
     def build_fn() -> nn.Module:
-        return _seeded_build(task.teacher_arch, stable_seed("teacher-init", teacher_seed))
+        arch = model.build if model is not None else task.teacher_arch
+        return _seeded_build(arch, stable_seed("teacher-init", teacher_seed))
 
     def train_fn(model: nn.Module) -> dict[str, Any]:
         owner = task.splits().owner
@@ -141,7 +196,7 @@ def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts
     """Run the cell's attack against ``defense`` serving ``teacher``; returns (student, queries used)."""
     task, profile, attack = cell.task, cell.profile, cell.attack
     exposed = tuple(attack.feature_layers(teacher)) if attack.access == "features" else ()
-    student = _seeded_build(task.student_arch, stable_seed("student-init", cell.spec.seed))
+    student = _seeded_build(cell.student_arch, stable_seed("student-init", cell.spec.seed))
     budget = attack.budget(profile)
     with defense.serve(teacher, exposed_layers=exposed) as served:
         api = QueryAPI(served, budget, attack.access)
@@ -165,9 +220,12 @@ def fit_defense(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Art
 
 
 def reference_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
-    return {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
-            "attack": cell.attack.identity(), "seed": cell.spec.seed,
-            "profile": subset(cell.profile, STUDENT_FIELDS)}
+    config = {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
+              "attack": cell.attack.identity(), "seed": cell.spec.seed,
+              "profile": subset(cell.profile, STUDENT_FIELDS)}
+    if cell.student_model is not None:
+        config["student_model"] = cell.student_model.identity()
+    return config
 
 
 def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, *,
@@ -176,7 +234,7 @@ def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifact
     and budget as the attacked one), trained once and cached. Returns (student, queries used)."""
     config = reference_config(cell, teacher_key)
     key = config_key(config)
-    student = _seeded_build(cell.task.student_arch, 0)
+    student = _seeded_build(cell.student_arch, 0)
     if not force and artifacts.load_model(key, student):
         info = json.loads((artifacts.dir(key) / "config.json").read_text())
         student.eval()
@@ -271,7 +329,7 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
 
     t = time.perf_counter()
     teacher, teacher_key, trained = get_teacher(task, profile, cell.spec.teacher_seed, artifacts,
-                                                progress=progress, force=force)
+                                                progress=progress, force=force, model=cell.teacher_model)
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
