@@ -210,7 +210,7 @@ class UserModel:
         self.path = factory
         self.weights = str(Path(weights).expanduser().resolve()) if weights else None
         self.scale = int(scale)
-        self._factory = load_factory(factory, role)
+        self._factory: Callable[..., Any] | None = load_factory(factory, role)
         self._identity: dict[str, Any] | None = None
 
     @classmethod
@@ -231,8 +231,14 @@ class UserModel:
                         "weights": file_hash(um.weights) if um.weights else None}
         return um
 
+    def __getstate__(self) -> dict[str, Any]:
+        # crosses process boundaries as its path: the worker imports the factory itself
+        return {**self.__dict__, "_factory": None}
+
     def build(self, *, weights: bool = True) -> nn.Module:
         """A fresh instance (eval mode), with the weights file loaded unless ``weights=False``."""
+        if self._factory is None:
+            self._factory = load_factory(self.path, self.role)
         model = call_factory(self._factory, self.path, self.role, self.scale)
         if weights and self.weights:
             load_weights(model, self.weights, self.role)

@@ -295,6 +295,12 @@ def test_cell_key_includes_factory_weights_and_student(ext, pairs, tmp_path):
     import importlib
 
     torch.save(importlib.import_module(name).make().state_dict(), other)
+    import pickle
+
+    cell = resolve(CellSpec(task="folder", task_params={"data": str(pairs)}, profile="smoke",
+                            teacher=f"{name}:make", weights=str(weights["x1"])))
+    clone = pickle.loads(pickle.dumps(cell.teacher_model))  # crosses processes by path, not as a live object
+    assert clone.identity() == cell.teacher_model.identity() and isinstance(clone.build(), nn.Module)
     keys = {base, key(teacher=f"{name}:make", weights=str(other)), key(teacher=f"{name}:make"),
             key(teacher=f"{name}:make", weights=str(weights["x1"]), student=f"{name}:make"), key()}
     assert len(keys) == 5
