@@ -333,3 +333,17 @@ def test_bad_model_input_is_one_line_and_exit_2(capsys, ext, tmp_path, args, wor
     assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: ")
     for w in words:
         assert w.format(**fmt) in err, err
+
+
+def test_padding_reflects_and_falls_back_to_replication_on_tiny_inputs():
+    from bench.sizing import crop_output, pad_to_multiple
+
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    p = pad_to_multiple(x, 4)
+    assert p.shape == (1, 1, 4, 4) and torch.equal(p[..., :3, :], x) and torch.equal(p[..., 3, :], x[..., 1, :])
+    tiny = pad_to_multiple(torch.ones(1, 3, 2, 2), 8)                  # too small to reflect
+    assert tiny.shape == (1, 3, 8, 8) and torch.equal(tiny, torch.ones(1, 3, 8, 8))
+    assert pad_to_multiple(x[..., :, :4], 2) is not x                   # 3 rows -> padded
+    assert crop_output(torch.zeros(1, 3, 8, 8), (3, 4), (4, 4)).shape == (1, 3, 6, 8)  # scale 2
+    with pytest.raises(BenchError, match="integer scale"):
+        crop_output(torch.zeros(1, 3, 6, 6), (3, 3), (4, 4))
