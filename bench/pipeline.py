@@ -156,27 +156,27 @@ def _seeded_build(build_fn, seed: int) -> nn.Module:
 
 # --------------------------------------------------------------------------------------- stages
 def teacher_config(task: Task, profile: Profile, teacher_seed: int,
-                   model: UserModel | None = None) -> dict[str, Any]:
-    if model is not None and model.weights:  # used as is: neither profile nor seed made it
-        return {"kind": "teacher", "task": task.identity(), "model": model.identity()}
+                   user_model: UserModel | None = None) -> dict[str, Any]:
+    if user_model is not None and user_model.weights:  # used as is: neither profile nor seed made it
+        return {"kind": "teacher", "task": task.identity(), "model": user_model.identity()}
     config = {"kind": "teacher", "recipe": TEACHER_RECIPE, "task": task.identity(),
               "profile": subset(profile, TEACHER_FIELDS), "seed": teacher_seed}
-    if model is not None:
-        config["model"] = model.identity()
+    if user_model is not None:
+        config["model"] = user_model.identity()
     return config
 
 
 def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Artifacts, *,
                 progress: bool = True, force: bool = False,
-                model: UserModel | None = None) -> tuple[nn.Module, str, bool]:
+                user_model: UserModel | None = None) -> tuple[nn.Module, str, bool]:
     """The owner's teacher for (task, profile, seed): trained on ``owner`` once, then cached. With a
-    user's ``model``: its weights file as is, or (without one) its architecture trained the same way."""
-    config = teacher_config(task, profile, teacher_seed, model)
-    if model is not None and model.weights:
-        return model.build(), config_key(config), False
+    ``user_model``: its weights file as is, or (without one) its architecture trained the same way."""
+    config = teacher_config(task, profile, teacher_seed, user_model)
+    if user_model is not None and user_model.weights:
+        return user_model.build(), config_key(config), False
 
     def build_fn() -> nn.Module:
-        arch = model.build if model is not None else task.teacher_arch
+        arch = user_model.build if user_model is not None else task.teacher_arch
         return _seeded_build(arch, stable_seed("teacher-init", teacher_seed))
 
     def train_fn(model: nn.Module) -> dict[str, Any]:
@@ -329,7 +329,8 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
 
     t = time.perf_counter()
     teacher, teacher_key, trained = get_teacher(task, profile, cell.spec.teacher_seed, artifacts,
-                                                progress=progress, force=force, model=cell.teacher_model)
+                                                progress=progress, force=force,
+                                                user_model=cell.teacher_model)
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
