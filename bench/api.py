@@ -153,6 +153,12 @@ class AttackContext:
     progress: bool = True
     artifacts: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: train on the clean images of the attacker pool instead of answers (the ``gt_student`` reference);
+    #: attacks that take their pairs from :func:`bench.kd.collect` honour it without further code
+    ground_truth: bool = False
+    #: ``cached_model(config, build, train)``: a model trained once per config and kept on disk (e.g. a
+    #: public pretrained student); None outside the pipeline (then it is trained every time)
+    cached_model: Callable[..., nn.Module] | None = None
 
 
 class Attack(Plugin):

@@ -70,6 +70,8 @@ def format_cell(row: dict[str, Any]) -> str:
         ("student (undefended)", m["student_ref_psnr"], m["student_ref_ssim"]),
         ("student (defended)", m["student_psnr"], m["student_ssim"]),
     ]
+    if "student_gt_psnr" in m:  # the attack trained on the attacker pool's ground truth
+        rows.append(("student (ground truth)", m["student_gt_psnr"], m["student_gt_ssim"]))
     head = (f"{row['task']} · {row['defense']} · {row['attack']} · profile {row['profile']} · "
             f"seed {row['seed']}")
     table = tabulate(rows, headers=("", "PSNR (dB)", "SSIM"), floatfmt=(".2f", ".2f", ".4f"))

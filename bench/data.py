@@ -12,9 +12,10 @@ splits is fixed here, so that every task, profile and seed is scored on the same
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,14 +68,21 @@ def sample_pair_crops(
     scale: int = 1,
     augment: bool = True,
     setting: str = "profile.crop",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    extras: Sequence[list[torch.Tensor] | torch.Tensor] = (),
+) -> Any:
     """Random aligned crops from paired images (the one crop sampler, used by every training loop).
 
     ``setting`` names the profile field that chose ``crop``, for the error when an image is too small.
+    ``extras`` are further maps aligned with ``inputs`` (e.g. a teacher's features of each input), each
+    ``s`` times the input's size (``s`` a whole number, read from the shapes): they are cropped at the
+    same place (``s`` times the input crop) and transformed alike, and returned as a third element,
+    a list of crop batches in the order given. The random draws do not depend on ``extras``, so the
+    crops are the ones drawn without them.
     """
     in_crop = max(1, crop // scale)
     out_crop = in_crop * scale
     xs, ys = [], []
+    es: list[list[torch.Tensor]] = [[] for _ in extras]
     count = len(inputs)
     idx = torch.randint(count, (n,), generator=generator).tolist()
     for i in idx:
@@ -90,12 +98,29 @@ def sample_pair_crops(
         left = int(torch.randint(w - cw + 1, (1,), generator=generator))
         xc = x[..., top:top + ch, left:left + cw]
         yc = y[..., top * scale:(top + ch) * scale, left * scale:(left + cw) * scale]
+        ecs = [_aligned_crop(e[i], x, top, left, ch, cw) for e in extras]
         if augment:
             k = int(torch.randint(8, (1,), generator=generator))
             xc, yc = dihedral(xc, k), dihedral(yc, k)
+            ecs = [dihedral(ec, k) for ec in ecs]
         xs.append(xc)
         ys.append(yc)
+        for out, ec in zip(es, ecs):
+            out.append(ec)
+    if extras:
+        return torch.stack(xs), torch.stack(ys), [torch.stack(e) for e in es]
     return torch.stack(xs), torch.stack(ys)
+
+
+def _aligned_crop(e: torch.Tensor, x: torch.Tensor, top: int, left: int, ch: int, cw: int) -> torch.Tensor:
+    """The crop of map ``e`` that covers input crop (top, left, ch, cw) of ``x`` (``e`` a whole multiple
+    of ``x`` in size)."""
+    (h, w), (eh, ew) = x.shape[-2:], e.shape[-2:]
+    s = eh // h
+    if s < 1 or eh != s * h or ew != s * w:
+        raise BenchError(f"a map of {ew}x{eh} px cannot be cropped in step with its {w}x{h} px input: its "
+                         "size must be a whole multiple of the input's (choose other feature layers).")
+    return e[..., top * s:(top + ch) * s, left * s:(left + cw) * s]
 
 
 def dihedral(t: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ import sys
 import torch
 from torch import nn
 
+from bench import BenchError
 from bench.api import AttackContext
 from bench.data import Pool, sample_pair_crops
 from bench.progress import bar
@@ -31,13 +32,16 @@ def ask(api: QueryAPI, inputs: torch.Tensor, *, batch: int, features: bool = Fal
     """Query the served model on ``inputs`` in batches until done or the budget runs out.
 
     Returns (the inputs that were answered, their answers, exposed features by layer, concatenated).
-    Running out of budget is not an error here: the student trains on what was answered.
+    Running out of budget is not an error here: a warning says how many images were answered and the
+    student trains on those. ``api.cost`` (queries per image, e.g. 8 with TTA averaging) is respected.
     """
+    cost = max(1, int(getattr(api, "cost", 1)))
     answered, answers, feats = [], [], {}
+    done = 0
     with bar(total=len(inputs), desc="querying served model", show=progress, unit="img") as pbar:
         for start in range(0, len(inputs), batch):
             x = inputs[start:start + batch]
-            x = x[: max(0, min(len(x), api.remaining))]
+            x = x[: max(0, min(len(x), api.remaining // cost))]
             if len(x) == 0:
                 break
             try:
@@ -48,16 +52,41 @@ def ask(api: QueryAPI, inputs: torch.Tensor, *, batch: int, features: bool = Fal
                 else:
                     y = api.query(x)
             except QueryBudgetExceeded as exc:
-                print(f"warning: {exc}; training on the {len(answered)} answered batches", file=sys.stderr)
+                print(f"warning: {exc}", file=sys.stderr)
                 break
             answered.append(x)
             answers.append(y)
+            done += len(x)
             pbar.update(len(x))
     if not answered:
-        from bench import BenchError
-
-        raise BenchError("the attack got no answers: the query budget is 0; raise attack.queries.")
+        raise BenchError("the attack got no answers: the query budget is used up or 0 (with tta_average an "
+                         "image costs 8 queries); raise attack.queries.")
+    if done < len(inputs):
+        print(f"warning: query budget reached after {done} of {len(inputs)} images "
+              f"({api.used} of {api.budget} queries); training on the {done} answered", file=sys.stderr)
     return (torch.cat(answered), torch.cat(answers), {k: torch.cat(v) for k, v in feats.items()})
+
+
+def collect(api: QueryAPI, pool: Pool, ctx: AttackContext, *, features: bool = False,
+            images: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The attacker's training pairs: picks ``images`` query images (default: as many as the budget
+    affords, ``api.remaining // api.cost``), the crops :func:`pick_queries` draws from ``ctx.seed``, and asks them.
+
+    In ground-truth mode (``ctx.ground_truth``, the ``gt_student`` reference) the same images are paired
+    with their clean crops instead, and nothing is asked (no features either). Returns (inputs, targets,
+    features by layer).
+    """
+    cost = max(1, int(getattr(api, "cost", 1)))
+    n = api.remaining // cost if images is None else int(images)
+    if n <= 0:
+        raise BenchError(f"the query budget ({api.budget} queries, {cost} per image) affords no image; "
+                         "raise attack.queries.")
+    gen = torch.Generator().manual_seed(ctx.seed)
+    inputs, clean = sample_pair_crops(pool.degraded, pool.clean, n, ctx.profile.query_size, gen,
+                                      scale=pool.scale, augment=False, setting="profile.query_size")
+    if ctx.ground_truth:
+        return inputs, clean, {}
+    return ask(api, inputs, batch=ctx.profile.query_batch, features=features, progress=ctx.progress)
 
 
 def distill(
@@ -71,12 +100,15 @@ def distill(
     loss_fn: LossFn = l1_loss,
     extra_targets: dict[str, torch.Tensor] | None = None,
     params: list[nn.Parameter] | None = None,
+    augment: bool = True,
     desc: str = "training student",
 ) -> list[float]:
     """Train ``student`` on random aligned crops of (query, answer) pairs, seeded by ``ctx.seed``.
 
-    With ``extra_targets`` (e.g. exposed features, same spatial layout as the queries), batches are
-    (inputs, answers, {name: target crops}) instead of (inputs, answers).
+    With ``extra_targets`` (e.g. exposed features of each query, a whole multiple of its size), the
+    same crops are cut from them too and batches are (inputs, answers, {name: target crops}) instead of
+    (inputs, answers); the crops drawn do not depend on them. ``augment``: a random flip/rotation per
+    crop, applied to every part of the batch alike.
     """
     p = ctx.profile
     scale = ctx.task.scale
@@ -84,13 +116,15 @@ def distill(
 
     if extra_targets:
         names = sorted(extra_targets)
+        maps = [extra_targets[n] for n in names]
 
         def next_batch(g: torch.Generator):
-            idx = torch.randint(len(inputs), (p.batch,), generator=g)
-            return inputs[idx], answers[idx], {n: extra_targets[n][idx] for n in names}
+            x, y, crops = sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=augment,
+                                            extras=maps)
+            return x, y, dict(zip(names, crops))
     else:
         def next_batch(g: torch.Generator):
-            return sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale)
+            return sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=augment)
 
     return train(student, next_batch, steps=steps, lr=lr, seed=ctx.seed, loss_fn=loss_fn,
                  params=params, desc=desc, progress=ctx.progress)

@@ -1,9 +1,11 @@
 """One cell of the grid, end to end (DESIGN section 2).
 
 (task, defense + params, attack + params, seed, profile) -> teacher (cached), served model, paired
-reference student (undefended, cached) and attacked student, scored on the test split, stored as one
-row. The cell seed drives the students' initialisation, the data order and the defense's randomness;
-the teacher uses ``teacher_seed`` (0 by default), the owner's fixed asset.
+reference student (undefended, cached), attacked student and the ``gt_student`` (the attack trained on
+the attacker pool's ground truth; cached per task, profile, attack and seed, shared by every defense),
+scored on the test split, stored as one row. The cell seed drives the students' initialisation, the
+data order and the defense's randomness; the teacher uses ``teacher_seed`` (0 by default), the owner's
+fixed asset.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,14 +25,14 @@ import torch
 from torch import nn
 
 import bench
-from bench import BenchError
+from bench import BenchError, adaptive
 from bench.api import Attack, AttackContext, Defense, FitContext, Task
 from bench.cache import Artifacts, config_key
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
 from bench.params import build
 from bench.profiles import STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
-from bench.query import QueryAPI
+from bench.query import GroundTruthUnsupported, OfflineAPI, QueryAPI
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.serving import resolve_module
 from bench.store import Store
@@ -191,21 +194,62 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
     return artifacts.cached_model(config, build_fn, train_fn, force=force)
 
 
+def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...] = (), progress: bool = True,
+                    ground_truth: bool = False) -> AttackContext:
+    # Attack assets (e.g. finetune's public pretrained student) are keyed by their whole config and are
+    # not recomputed by --force, which would otherwise retrain them for each student of the cell.
+    def cached_model(config, build_fn, train_fn):
+        return artifacts.cached_model({"kind": "attack-asset", **config}, build_fn, train_fn)[0]
+
+    return AttackContext(profile=cell.profile, seed=stable_seed("attack-data", cell.spec.seed), task=cell.task,
+                         budget=cell.attack.budget(cell.profile), exposed_layers=exposed, progress=progress,
+                         artifacts=artifacts.root, ground_truth=ground_truth, cached_model=cached_model)
+
+
 def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts: Artifacts,
                   progress: bool = True) -> tuple[nn.Module, int]:
-    """Run the cell's attack against ``defense`` serving ``teacher``; returns (student, queries used)."""
-    task, profile, attack = cell.task, cell.profile, cell.attack
+    """Run the cell's attack against ``defense`` serving ``teacher``; returns (student, queries used).
+    The attack's adaptive countermeasures (:mod:`bench.adaptive`) wrap its query API here."""
+    task, attack = cell.task, cell.attack
     exposed = tuple(attack.feature_layers(teacher)) if attack.access == "features" else ()
     student = _seeded_build(cell.student_arch, stable_seed("student-init", cell.spec.seed))
-    budget = attack.budget(profile)
+    ctx = _attack_context(cell, artifacts, exposed=exposed, progress=progress)
     with defense.serve(teacher, exposed_layers=exposed) as served:
-        api = QueryAPI(served, budget, attack.access)
-        ctx = AttackContext(profile=profile, seed=stable_seed("attack-data", cell.spec.seed), task=task,
-                            budget=budget, exposed_layers=exposed, progress=progress,
-                            artifacts=artifacts.root)
+        api = adaptive.wrap(QueryAPI(served, ctx.budget, attack.access), attack.params)
         student = attack.steal(api, task.splits().attacker, student, ctx)
     student.eval()
     return student, api.used
+
+
+def gt_config(cell: Cell) -> dict[str, Any]:
+    config = {"kind": "gt_student", "recipe": STUDENT_RECIPE, "task": cell.task.identity(),
+              "attack": cell.attack.identity(), "seed": cell.spec.seed,
+              "profile": subset(cell.profile, STUDENT_FIELDS)}
+    if cell.student_model is not None:
+        config["student_model"] = cell.student_model.identity()
+    return config
+
+
+def gt_student(cell: Cell, artifacts: Artifacts, *, progress: bool = True, force: bool = False) -> nn.Module:
+    """The ``gt_student`` reference: the cell's attack trained on the clean images of the attacker pool
+    (what the attacker could reach with labels), with the attacked student's initialisation, query
+    images, data order and steps. It needs no teacher: cached per (task, profile, attack, seed) and shared
+    by every defense."""
+    task, attack = cell.task, cell.attack
+
+    def build_fn() -> nn.Module:
+        return _seeded_build(cell.student_arch, stable_seed("student-init", cell.spec.seed))
+
+    def train_fn(student: nn.Module) -> dict[str, Any]:
+        t = time.perf_counter()
+        ctx = _attack_context(cell, artifacts, progress=progress, ground_truth=True)
+        api = adaptive.wrap(OfflineAPI(ctx.budget, attack.access), attack.params)
+        trained = attack.steal(api, task.splits().attacker, student, ctx)
+        if trained is not student:
+            student.load_state_dict(trained.state_dict())
+        return {"train_s": time.perf_counter() - t}
+
+    return artifacts.cached_model(gt_config(cell), build_fn, train_fn, force=force)[0]
 
 
 def fit_defense(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, *,
@@ -343,6 +387,15 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
     timings["reference_student_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    try:
+        gt: nn.Module | None = gt_student(cell, artifacts, progress=progress, force=force)
+    except GroundTruthUnsupported:
+        print(f"warning: attack '{cell.spec.attack}' queries even in ground-truth mode; the cell has no "
+              "gt_student row (take training pairs from bench.kd.collect to get one)", file=sys.stderr)
+        gt = None
+    timings["gt_student_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     if answers_unchanged(defense, attack):
         student, queries = ref_student, queries_ref
         shortcut = True
@@ -361,8 +414,11 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
             "student_ref": evaluate(ref_student, test, task),
             "student": evaluate(student, test, task),
         }
-        save_samples(artifacts.dir(cell.key) / "samples", test, task, {
-            "teacher": teacher, "served": served, "student_ref": ref_student, "student": student})
+        models = {"teacher": teacher, "served": served, "student_ref": ref_student, "student": student}
+        if gt is not None:
+            scores["student_gt"] = evaluate(gt, test, task)
+            models["student_gt"] = gt
+        save_samples(artifacts.dir(cell.key) / "samples", test, task, models)
     timings["score_s"] = time.perf_counter() - t
 
     metrics: dict[str, Any] = {}
