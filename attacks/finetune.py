@@ -20,7 +20,8 @@ Choices (each a parameter where it matters):
   students of every defense.
 - Transfer: every parameter whose name and shape match is copied into the student; the rest keep the
   student's initialisation (for sr x2 <-> x4: the sub-pixel tail, whose width depends on the scale).
-- Fine-tuning: ``queries`` (0: a quarter of the profile's ``query_budget``), ``steps`` (0: a quarter of
+- Fine-tuning: ``queries`` (0: a quarter of the profile's ``query_budget``, at least one image's worth:
+  8 queries with ``tta_average``), ``steps`` (0: a quarter of
   the profile's ``student_steps``), ``lr`` (0: half the profile's ``student_lr``, as fine-tuning usually
   takes a smaller step than training from scratch).
 
@@ -94,7 +95,8 @@ class Finetune(Attack):
     access: ClassVar[str] = "outputs"
 
     def budget(self, profile: Profile) -> int:
-        return int(self.params.queries or max(1, profile.query_budget // 4))
+        one_image = 8 if self.params.tta_average else 1  # queries one (averaged) image costs
+        return int(self.params.queries or max(one_image, profile.query_budget // 4))
 
     def pretrained(self, ctx: AttackContext) -> nn.Module:
         """The public model (the student architecture of the pretraining task), trained or from the cache."""
