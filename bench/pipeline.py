@@ -196,10 +196,11 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
 
 def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...] = (), progress: bool = True,
                     ground_truth: bool = False) -> AttackContext:
-    # Attack assets (e.g. finetune's public pretrained student) are keyed by their whole config and are
-    # not recomputed by --force, which would otherwise retrain them for each student of the cell.
+    # Attack assets (e.g. finetune's public pretrained student) never see the teacher, so they are keyed
+    # by the attack's own config alone; --force does not recompute them (it would retrain them for each
+    # student of the cell).
     def cached_model(config, build_fn, train_fn):
-        return artifacts.cached_model({"kind": "attack-asset", **config}, build_fn, train_fn)[0]
+        return artifacts.cached_model({"scope": "attack", **config}, build_fn, train_fn)[0]
 
     return AttackContext(profile=cell.profile, seed=stable_seed("attack-data", cell.spec.seed), task=cell.task,
                          budget=cell.attack.budget(cell.profile), exposed_layers=exposed, progress=progress,
