@@ -8,12 +8,15 @@ layers are exposed (access level ``features``), so the hints are whatever the de
 
 What the paper leaves open for this setting, and what this module chooses:
 
-- Layers. ``teacher_layers`` (default ``middle``: the teacher's middle body block(s),
-  :func:`bench.models.middle_layers`, which is also where ASVP perturbs by default) are asked to be
-  exposed by :meth:`FeatureKD.feature_layers`. ``student_layers`` default ``auto``: for each teacher
-  body block i of n, the student body block at the same relative depth, round((i + 1) / n * m) - 1 of
-  m blocks (rounding half up); two teacher layers may guide the same student layer. Explicit names are
-  given one per teacher layer.
+- Layers. ``layers`` (the served model's; default ``middle``: the teacher's middle body block(s),
+  :func:`bench.models.middle_layers`, which is also where ASVP perturbs by default; for a user's model,
+  the middle of the blocks it declares in ``feature_layers``) are asked to be exposed by
+  :meth:`FeatureKD.feature_layers`. ``student_layers`` default ``auto``: for each teacher block i of n
+  (:func:`bench.models.body_layers`), the student block at the same relative depth,
+  round((i + 1) / n * m) - 1 of m blocks (rounding half up); two teacher layers may guide the same
+  student layer. Explicit names are given one per teacher layer. A hint must have the query's spatial
+  size or a whole multiple of it (so it can be cropped in step); downsampled features (a U-Net's inner
+  levels) are refused with an error.
 - Regressor. A trainable 1x1 convolution per (student, teacher) layer pair maps the student's channels
   to the teacher's (the reference architectures keep the input's spatial size in their body; should a
   student feature map differ in size from its hint, the regressor's output is resized bilinearly).
@@ -59,7 +62,7 @@ class FeatureKDParams(AdaptiveParams):
     queries: int = param(0, "query budget, in images sent to the served model (0: the profile's query_budget)")
     steps: int = param(0, "student training steps (0: the profile's student_steps)")
     lr: float = param(0.0, "student learning rate (0: the profile's student_lr)")
-    teacher_layers: tuple[str, ...] = param(("middle",), "served-model layers whose exposed features are the "
+    layers: tuple[str, ...] = param(("middle",), "served-model layers whose exposed features are the "
                                                          "hints; 'middle' = the teacher's middle body block(s)")
     student_layers: tuple[str, ...] = param(("auto",), "student layers guided by the hints, one per teacher "
                                                        "layer; 'auto' = body blocks at the same relative depth")
@@ -71,8 +74,8 @@ class FeatureKDParams(AdaptiveParams):
         super().__post_init__()
         if self.queries < 0 or self.steps < 0 or self.lr < 0:
             raise ValueError("queries, steps and lr must be >= 0")
-        if not self.teacher_layers or any(not n for n in self.teacher_layers):
-            raise ValueError("teacher_layers must name at least one layer (or 'middle')")
+        if not self.layers or any(not n for n in self.layers):
+            raise ValueError("layers must name at least one layer of the served model (or 'middle')")
         if not self.student_layers or any(not n for n in self.student_layers):
             raise ValueError("student_layers must name at least one layer (or 'auto')")
         if "auto" in self.student_layers and len(self.student_layers) > 1:
@@ -93,12 +96,13 @@ class FeatureKD(Attack):
 
     def feature_layers(self, teacher: nn.Module) -> list[str]:
         names: list[str] = []
-        for name in self.params.teacher_layers:
+        for name in self.params.layers:
             if name == "middle":
                 middle = middle_layers(teacher)
                 if not middle:
-                    raise BenchError("attack 'feature_kd': teacher_layers=middle needs a teacher with body blocks "
-                                     "(body.0, body.1, ...); name the layers instead.")
+                    raise BenchError("attack 'feature_kd': layers=middle needs a teacher with body blocks "
+                                     "(body.0, body.1, ...) or a feature_layers attribute; name the layers "
+                                     "with --set attack.layers=NAME,NAME.")
                 names.extend(middle)
             else:
                 resolve_module(teacher, name)
@@ -120,8 +124,9 @@ class FeatureKD(Attack):
         body = body_layers(student)
         missing = [n for n in teacher_layers if n not in self._depth]
         if missing or not body:
-            raise BenchError(f"attack 'feature_kd': student_layers=auto matches body blocks only; name the student "
-                             f"layers for {', '.join(missing or teacher_layers)} explicitly.")
+            raise BenchError(f"attack 'feature_kd': student_layers=auto matches main blocks only (body.N or a "
+                             f"model's feature_layers); name the student layers for "
+                             f"{', '.join(missing or teacher_layers)} with --set attack.student_layers=NAME,NAME.")
         m = len(body)
         return [body[min(m - 1, max(0, int(self._depth[n] * m + 0.5) - 1))] for n in teacher_layers]
 
@@ -142,6 +147,12 @@ class FeatureKD(Attack):
             distill(student, inputs, answers, ctx, steps=steps, lr=lr, augment=p.augment)
             return student
         teacher_layers = [n for n in api.exposed_layers if n in hints]
+        for name in teacher_layers:
+            (h, w), (fh, fw) = inputs.shape[-2:], hints[name].shape[-2:]
+            if fh < h or fh % h or fw != fh // h * w:
+                raise BenchError(f"attack 'feature_kd': the features at '{name}' are {fw}x{fh} px for {w}x{h} px "
+                                 "queries; hints must have the query's size or a whole multiple of it (not a "
+                                 "U-Net's inner levels): choose others with --set attack.layers=NAME,NAME.")
         student_layers = self._student_layers(teacher_layers, student)
         weights = self._weights(len(teacher_layers))
 

@@ -18,8 +18,11 @@ Choices (each a parameter where it matters):
   order seeded by the cell seed (so seeds vary the public model too). It is cached (like a teacher) per
   (pretraining task, profile, steps, seed) and shared by the attacked, reference and ground-truth
   students of every defense.
+- Architecture: the cell's student architecture (a user's ``--student`` too) when the pretraining task
+  has the attacked task's scale; else (sr x2 <-> x4) the reference student at the pretraining scale.
 - Transfer: every parameter whose name and shape match is copied into the student; the rest keep the
   student's initialisation (for sr x2 <-> x4: the sub-pixel tail, whose width depends on the scale).
+  No match at all (a user's student on sr with the auto pairing) is an error.
 - Fine-tuning: ``queries`` (0: a quarter of the profile's ``query_budget``, at least one image's worth:
   8 queries with ``tta_average``), ``steps`` (0: a quarter of
   the profile's ``student_steps``), ``lr`` (0: half the profile's ``student_lr``, as fine-tuning usually
@@ -99,17 +102,24 @@ class Finetune(Attack):
         return int(self.params.queries or max(one_image, profile.query_budget // 4))
 
     def pretrained(self, ctx: AttackContext) -> nn.Module:
-        """The public model (the student architecture of the pretraining task), trained or from the cache."""
+        """The public model (see Architecture in the module doc), trained on the pretraining task or cached."""
         p, profile = self.params, ctx.profile
         source = source_task(ctx.task, p.pretrain_task, profile)
         steps = p.pretrain_steps or profile.student_steps
         config = {"kind": "pretrained_student", "recipe": PRETRAIN_RECIPE, "task": source.identity(),
                   "profile": subset(profile, PRETRAIN_FIELDS), "steps": steps, "seed": self.seed}
 
+        same_scale = source.scale == ctx.task.scale and ctx.student_arch is not None
+        arch = ctx.student_arch if same_scale else source.student_arch
+
         def build_fn() -> nn.Module:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(stable_seed("pretrain-init", self.seed))
-                return source.student_arch()
+                return arch()
+
+        if same_scale:  # the student's own architecture (a user's --student too) is part of the key
+            probe = build_fn()
+            config["arch"] = [type(probe).__qualname__] + [[k, list(v.shape)] for k, v in probe.state_dict().items()]
 
         def train_fn(model: nn.Module) -> dict[str, Any]:
             t = time.perf_counter()
@@ -129,8 +139,11 @@ class Finetune(Attack):
         p, profile = self.params, ctx.profile
         public = self.pretrained(ctx).state_dict()
         own = student.state_dict()
-        student.load_state_dict({k: public[k] if k in public and public[k].shape == v.shape else v
-                                 for k, v in own.items()})
+        fits = {k for k, v in own.items() if k in public and public[k].shape == v.shape}
+        if not fits:
+            raise BenchError("attack 'finetune': no parameter of the public pretrained model fits the student "
+                             "(another architecture); choose a pretrain_task of the attacked task's scale.")
+        student.load_state_dict({k: public[k] if k in fits else v for k, v in own.items()})
         inputs, answers, _ = collect(api, pool, ctx)
         distill(student, inputs, answers, ctx, steps=p.steps or max(1, profile.student_steps // 4),
                 lr=p.lr or profile.student_lr / 2, desc="fine-tuning student")

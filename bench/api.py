@@ -159,6 +159,8 @@ class AttackContext:
     #: ``cached_model(config, build, train)``: a model trained once per config and kept on disk (e.g. a
     #: public pretrained student); None outside the pipeline (then it is trained every time)
     cached_model: Callable[..., nn.Module] | None = None
+    #: a fresh, untrained student of the cell's architecture (the user's ``--student`` or the task's)
+    student_arch: Callable[[], nn.Module] | None = None
 
 
 class Attack(Plugin):

@@ -204,7 +204,8 @@ def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...
 
     return AttackContext(profile=cell.profile, seed=stable_seed("attack-data", cell.spec.seed), task=cell.task,
                          budget=cell.attack.budget(cell.profile), exposed_layers=exposed, progress=progress,
-                         artifacts=artifacts.root, ground_truth=ground_truth, cached_model=cached_model)
+                         artifacts=artifacts.root, ground_truth=ground_truth, cached_model=cached_model,
+                         student_arch=cell.student_arch)
 
 
 def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts: Artifacts,
