@@ -29,8 +29,10 @@ its machine, held by a file lock), modulo the number of GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -324,8 +326,6 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
     Failures do not raise: they are stored and listed in the result. Bad input raises
     :class:`bench.BenchError` before anything runs; Ctrl-C raises KeyboardInterrupt after the rows
     written so far are safely in the store."""
-    from joblib import Parallel, delayed
-
     start = time.time()
     store = Store(home)
     the_plan = plan(specs, store, force=force)
@@ -361,46 +361,24 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
                     fail_cell(job.key, upstream)
                     if (store.get_cell(job.key) or {}).get("status") != "done":  # never replace a done row
                         store.put_cell(_failed_row(cells[job.key], upstream))
-            for attempt in range(2):
-                if not todo:
-                    break
-                finished: set[int] = set()
-                pbar.set_description(f"{stage} 0/{len(todo)}")
-                try:
-                    results = Parallel(n_jobs=par_jobs, return_as="generator_unordered", batch_size=1)(
-                        delayed(_tagged)(i, stage, job.spec, home_s, force, threads) for i, job in enumerate(todo))
-                    for i, res in results:
-                        finished.add(i)
-                        job = todo[i]
-                        pbar.set_description(f"{stage} {len(finished)}/{len(todo)}")
-                        pbar.update(1)
-                        if stage == "cells":
-                            if res["ok"]:
-                                cached += res["cached"]
-                                ran += not res["cached"]
-                            else:
-                                fail_cell(job.key, res["error"])
-                        elif not res["ok"]:
-                            failed_jobs[job.key] = f"{stage[:-1]} failed: {res['error']}"
-                            pbar.write(f"failed: {stage[:-1]} for {labels[job.cell]}: "
-                                       f"{res['error']}", file=sys.stderr)
-                        status()
-                    todo = []
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # a worker process died (killed for memory, crashed)
-                    todo = [job for i, job in enumerate(todo) if i not in finished]
-                    error = f"worker died ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-                    pbar.write(f"{error}; {'retrying' if attempt == 0 else 'giving up on'} {len(todo)} "
-                               f"unfinished {stage} job(s)", file=sys.stderr)
-                    if attempt == 1:
-                        for job in todo:
-                            failed_jobs[job.key] = error
-                            pbar.update(1)
-                            if stage == "cells":
-                                fail_cell(job.key, error)
-                                if (store.get_cell(job.key) or {}).get("status") != "done":
-                                    store.put_cell(_failed_row(cells[job.key], error))
+            n_done = 0
+            pbar.set_description(f"{stage} 0/{len(todo)}")
+            for job, res in _execute(todo, stage, par_jobs, home_s, force, threads, warn=pbar.write):
+                n_done += 1
+                pbar.set_description(f"{stage} {n_done}/{len(todo)}")
+                pbar.update(1)
+                if stage == "cells":
+                    if res["ok"]:
+                        cached += res["cached"]
+                        ran += not res["cached"]
+                    else:
+                        fail_cell(job.key, res["error"])
+                        if res.get("died") and (store.get_cell(job.key) or {}).get("status") != "done":
+                            store.put_cell(_failed_row(cells[job.key], res["error"]))
+                elif not res["ok"]:
+                    failed_jobs[job.key] = f"{stage[:-1]} failed: {res['error']}"
+                    pbar.write(f"failed: {stage[:-1]} for {labels[job.cell]}: {res['error']}", file=sys.stderr)
+                status()
         pbar.set_description("sweep done")
         status()
 
@@ -413,8 +391,60 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
                        wall_s=time.time() - start, labels=labels)
 
 
-def _tagged(i: int, stage: str, spec: CellSpec, home: str, force: bool, threads: int | None) -> tuple[int, dict]:
-    return i, work(stage, spec, home, force, threads)
+def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, threads: int | None, *,
+             warn: Any = print) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Run ``jobs`` on the configured backend; yields (job, result) as each finishes.
+
+    A worker process that dies (killed for memory, crashed) takes the whole parallel call down with it.
+    Each job marks itself running (a file under ``<home>/.running/``) until it returns, so after a death
+    the jobs that were running are known: they are retried one at a time (a second death is then pinned
+    on its own job, reported failed with ``died``), the jobs that had not started are retried together."""
+    from joblib import Parallel, delayed
+
+    pending, alone = list(jobs), []
+    while pending or alone:
+        if alone:
+            batch, isolated = [alone.pop(0)], True
+        else:
+            batch, pending, isolated = pending, [], False
+        marks = Path(home) / ".running" / uuid.uuid4().hex
+        finished: set[int] = set()
+        try:
+            results = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1)(
+                delayed(_tagged)(i, stage, job.spec, home, force, threads, str(marks / str(i)))
+                for i, job in enumerate(batch))
+            for i, res in results:
+                finished.add(i)
+                yield batch[i], res
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backend lost a worker
+            error = f"worker process died ({type(exc).__name__}; out of memory?)"
+            if isolated:
+                yield batch[0], {"ok": False, "error": error, "cached": False, "died": True}
+            else:
+                unfinished = [i for i in range(len(batch)) if i not in finished]
+                running = [i for i in unfinished if (marks / str(i)).exists()] or unfinished
+                alone += [batch[i] for i in running]
+                pending = [batch[i] for i in unfinished if i not in running]
+                warn(f"{error}; {stage}: retrying the {len(running)} job(s) that were running one at a time, "
+                     f"{len(pending)} more together", file=sys.stderr)
+        finally:
+            shutil.rmtree(marks, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                marks.parent.rmdir()  # only if no other sweep on this store has jobs running
+
+
+def _tagged(i: int, stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
+            mark: str) -> tuple[int, dict]:
+    path = Path(mark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    try:
+        return i, work(stage, spec, home, force, threads)
+    finally:
+        path.unlink(missing_ok=True)
+
 
 
 # ------------------------------------------------------------------------------------------- summary

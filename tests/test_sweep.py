@@ -234,14 +234,15 @@ def test_dask_local_cluster_gives_the_same_rows_as_loky(loky_sweep, tmp_path):
 
 def test_two_sweeps_at_once_on_one_store_and_failing_cells(tmp_path):
     """Two sweeps write one store at the same time (sharing the teacher, a reference student and one cell);
-    both complete with all their rows. The first runs, in two loky workers, two defenses that fail on
+    both complete with all their rows. The first runs, in two loky workers, three defenses that fail on
     purpose (plugins in their own module, found by entry points as a third party's would be): one raises
-    at query time, one diverges (NaN loss) in its training stage. Their cells are stored as failed, the
-    others done, and the sweep ends with exit code 1, listing them."""
+    at query time, one diverges (NaN loss) in its training stage, one kills its worker process (as the
+    out-of-memory killer would). Their cells are stored as failed, the others done, and the sweep ends
+    with exit code 1, listing them."""
     common = ["--tasks", "derain", "--profile", "smoke", "--set", "profile.teacher_steps=4",
               "--set", "profile.student_steps=4"]
     plugins = os.pathsep.join([str(FAULT_PLUGINS), os.environ.get("PYTHONPATH", "")])
-    a = subprocess.Popen(bench_cmd(*common, "--defenses", "none,explode,asvp,diverge", "--n-jobs", "2",
+    a = subprocess.Popen(bench_cmd(*common, "--defenses", "none,explode,asvp,diverge,crash", "--n-jobs", "2",
                                    home=tmp_path), env=env(PYTHONPATH=plugins),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     b = subprocess.Popen(bench_cmd(*common, "--defenses", "none,asvp", "--seeds", "0,1", "--set", "defense.h=2",
@@ -250,11 +251,12 @@ def test_two_sweeps_at_once_on_one_store_and_failing_cells(tmp_path):
     (out_a, err_a), (out_b, err_b) = (p.communicate(timeout=300) for p in (a, b))
     assert b.returncode == 0, err_b
     assert a.returncode == 1, err_a
-    assert "2 failed" in out_a and "explode: injected failure" in out_a.split("failed cells")[1]
+    assert "3 failed" in out_a and "explode: injected failure" in out_a.split("failed cells")[1]
     rows = Store(tmp_path).cells()
-    assert len(rows) == 4 + 3  # the cell both sweeps hold (none, seed 0) once
+    assert len(rows) == 5 + 3  # the cell both sweeps hold (none, seed 0) once
     failed = {r["defense"]: r["error"] for r in rows if r["status"] != "done"}
-    assert set(failed) == {"explode", "diverge"}
+    assert set(failed) == {"explode", "diverge", "crash"}
     assert "explode: injected failure" in failed["explode"] and "TrainingDiverged" in failed["diverge"]
+    assert "worker process died" in failed["crash"]
     with sqlite3.connect(tmp_path / "results.sqlite") as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)

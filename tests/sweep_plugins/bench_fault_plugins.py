@@ -7,6 +7,8 @@ plugin: put this folder on ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -22,6 +24,16 @@ class Explode(Defense):
 
     def perturb_answers(self, answers: torch.Tensor, query) -> torch.Tensor:
         raise RuntimeError("explode: injected failure")
+
+
+class Crash(Defense):
+    """Kills the worker process on its first answer, as the out-of-memory killer would."""
+
+    def channels(self) -> tuple[str, ...]:
+        return ("answers",)
+
+    def perturb_answers(self, answers: torch.Tensor, query) -> torch.Tensor:
+        os._exit(9)
 
 
 class Diverge(Defense):
