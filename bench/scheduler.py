@@ -335,7 +335,7 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
     failures: dict[str, str] = {}  # cell key -> error
     ran = cached = 0
     n_cells = len(cells)
-    home_s = str(store.home)
+    home_s = str(store.home.resolve())  # workers may run elsewhere (another cwd, another machine)
 
     with backend_config(backend, n_jobs, address) as (par_jobs, threads), \
             bar(total=the_plan.n_jobs, desc="sweep", show=progress, unit="job", leave=True) as pbar:
