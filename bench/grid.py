@@ -57,12 +57,6 @@ class Entry:
     params: dict[str, Any] = field(default_factory=dict)
     budgets: tuple[float | None, ...] | None = None
 
-    @property
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        return self.name + "(" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
-
 
 @dataclass
 class Grid:

@@ -29,6 +29,7 @@ its machine, held by a file lock), modulo the number of GPUs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -67,8 +68,10 @@ from bench.store import Store
 STAGES = ("teachers", "defense fits", "reference students", "cells")
 BACKENDS = ("loky", "dask")
 
-# Workers of this process's sweeps claim GPU slots in one folder per machine and parent process.
+# Workers of this process's sweeps claim their index (and so their GPU) in this folder, on their machine;
+# the name is made here, in the parent, and handed to every job.
 _SLOT_DIR = os.path.join(tempfile.gettempdir(), f"bench-slots-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+atexit.register(shutil.rmtree, _SLOT_DIR, ignore_errors=True)
 _WORKER: dict[str, Any] = {}
 _JOB_LOCK = threading.Lock()
 
@@ -209,9 +212,9 @@ def _setup_worker(threads: int | None, slot_dir: str) -> None:
         threads = _dask_worker_threads()
     if threads:
         torch.set_num_threads(threads)
+    index, fd = claim_slot(slot_dir)
+    _WORKER.update(slot=index, slot_fd=fd)
     if torch.cuda.is_available():
-        index, fd = claim_slot(slot_dir)
-        _WORKER["slot_fd"] = fd
         device = gpu_for(index, torch.cuda.device_count())
         if device is not None:
             torch.cuda.set_device(device)
@@ -220,7 +223,7 @@ def _setup_worker(threads: int | None, slot_dir: str) -> None:
 
 
 def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
-         slot_dir: str = _SLOT_DIR) -> dict[str, Any]:
+         slot_dir: str) -> dict[str, Any]:
     """One job, in a worker: a stage's model into the artifacts cache, or a cell's row into the store.
 
     Returns ``{"ok": bool, "error": str | None, "cached": bool}``; an error is returned, not raised, so
@@ -411,15 +414,15 @@ def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, t
         finished: set[int] = set()
         try:
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1)(
-                delayed(_tagged)(i, stage, job.spec, home, force, threads, str(marks / str(i)))
+                delayed(_tagged)(i, stage, job.spec, home, force, threads, str(marks / str(i)), _SLOT_DIR)
                 for i, job in enumerate(batch))
             for i, res in results:
                 finished.add(i)
                 yield batch[i], res
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001 - the backend lost a worker
-            error = f"worker process died ({type(exc).__name__}; out of memory?)"
+        except Exception as exc:  # noqa: BLE001 - the backend lost a worker, or could not run the job
+            error = _backend_error(exc)
             if isolated:
                 yield batch[0], {"ok": False, "error": error, "cached": False, "died": True}
             else:
@@ -435,13 +438,20 @@ def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, t
                 marks.parent.rmdir()  # only if no other sweep on this store has jobs running
 
 
+def _backend_error(exc: Exception) -> str:
+    name = type(exc).__name__
+    if name in ("TerminatedWorkerError", "BrokenProcessPool", "KilledWorker"):  # loky, dask
+        return f"worker process died ({name}; out of memory?)"
+    return f"the backend could not run the job: {name}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def _tagged(i: int, stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
-            mark: str) -> tuple[int, dict]:
+            mark: str, slot_dir: str) -> tuple[int, dict]:
     path = Path(mark)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     try:
-        return i, work(stage, spec, home, force, threads)
+        return i, work(stage, spec, home, force, threads, slot_dir)
     finally:
         path.unlink(missing_ok=True)
 

@@ -19,7 +19,7 @@ import pytest
 from bench import BenchError
 from bench.grid import load_file, make_grid
 from bench.params import parse_sets
-from bench.scheduler import claim_slot, format_summary, gpu_for, plan, run_sweep
+from bench.scheduler import _SLOT_DIR, claim_slot, format_summary, gpu_for, plan, run_sweep
 from bench.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,28 @@ def test_workers_take_distinct_slots_and_gpus(tmp_path):
     os.close(fd_b)
     os.close(fd_c)
     assert [gpu_for(i, 2) for i in range(4)] == [0, 1, 0, 1] and gpu_for(3, 0) is None
+
+
+def test_loky_workers_take_distinct_indices(tmp_path):
+    """The index that picks a worker's GPU, wired as a sweep wires it: two loky workers, two indices."""
+    from joblib import Parallel, delayed
+
+    def probe(rendezvous: str, slot_dir: str):
+        import os
+        import time
+
+        from bench import scheduler
+
+        scheduler._setup_worker(1, slot_dir)
+        open(os.path.join(rendezvous, str(os.getpid())), "w").close()
+        deadline = time.time() + 120
+        while len(os.listdir(rendezvous)) < 2 and time.time() < deadline:  # hold this worker until both run
+            time.sleep(0.05)
+        return os.getpid(), scheduler._WORKER["slot"]
+
+    out = Parallel(n_jobs=2, backend="loky")(delayed(probe)(str(tmp_path), _SLOT_DIR) for _ in range(2))
+    assert len({pid for pid, _ in out}) == 2
+    assert sorted(slot for _, slot in out) == [0, 1]
 
 
 HAMMER = """
