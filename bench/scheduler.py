@@ -14,9 +14,10 @@ Workers get :class:`bench.pipeline.CellSpec` (plain data) and return small dicts
 as files in ``$BENCH_HOME/artifacts``, so the store folder must be one every worker reaches. A job
 that raises (an exception, :class:`bench.train.TrainingDiverged`, out of memory) is recorded, the
 sweep goes on, and the cells that needed it are stored as ``failed`` with the upstream error. A worker
-process that dies (killed for memory) fails the jobs it may have held; the stage's unfinished jobs are
-retried once on fresh workers. Ctrl-C stops the sweep; every row written so far stays, and a re-run
-continues from the store. ``force`` recomputes every stage's job once.
+process that dies (killed for memory) fails only its own job: the jobs that were running when it died
+are retried one at a time, the rest together (:func:`_execute`). Ctrl-C stops the sweep; every row
+written so far stays, and a re-run continues from the store. ``force`` recomputes every stage's job
+once. The progress bar counts jobs of all stages (with the stage, the cells done and an estimate).
 
 Backends through joblib's ``parallel_config``: ``loky`` (processes on this machine, ``n_jobs`` of them;
 with more than one, torch uses one thread per worker) and ``dask`` (a ``distributed`` cluster at
