@@ -138,6 +138,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.grid import load_file, make_grid
+    from bench.params import parse_sets
+    from bench.scheduler import format_summary, run_sweep
+
+    sets = parse_sets(args.sets)
+    if args.data is not None:
+        sets.setdefault("task", {})["data"] = args.data
+    grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
+                     attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
+                     teacher_seed=args.teacher_seed, sets=sets)
+    result = run_sweep(grid.specs(), home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
+                       address=args.address, force=args.force, progress=True)
+    print(format_summary(result))
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -147,6 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one cell: teacher, defense, attack, scores")
     _common_cell_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run a grid of cells in stages, in parallel, resuming from the store",
+                       description="Run every cell of a grid (flags, or a YAML grid file: see grids/). "
+                                   "Finished cells are skipped; a failed cell is stored with its error and the "
+                                   "sweep goes on (exit 1 lists them).")
+    p.add_argument("grid", nargs="?", help="YAML grid file (flags given here replace its axes)")
+    p.add_argument("--tasks", help="comma-separated task names, or all (default: all)")
+    p.add_argument("--defenses", help="comma-separated defense names, or all (default: all)")
+    p.add_argument("--attacks", help="comma-separated attack names, or all (default: vanilla_kd)")
+    p.add_argument("--seeds", help="cell seeds: 0,1,2 or 0-4 or all (= 0,1,2); default 0")
+    p.add_argument("--budgets", help="calibrated teacher costs in dB: 0.1,0.5 or all (= 0.1,0.5,1.0); "
+                                     "none: the strength as set (default)")
+    p.add_argument("--profile", help="smoke, quick (default) or paper")
+    p.add_argument("--teacher-seed", type=int, help="teacher seed (default 0, shared by all cells)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                   help="set a parameter of every plugin on that axis that has it, e.g. --set defense.h=2 "
+                        "(repeatable)")
+    p.add_argument("--data", help="folder of paired images for the folder task (= --set task.data=DIR)")
+    p.add_argument("--n-jobs", type=int, default=1, help="parallel workers (default 1; -1: every core)")
+    p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="loky (default) or dask")
+    p.add_argument("--address", help="dask scheduler (tcp://HOST:PORT); default: a local cluster of --n-jobs")
+    p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs); shared by all workers")
+    p.add_argument("--force", action="store_true", help="recompute every cell, teacher and student once")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("list", help="list plugins with their parameters")
     p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks"])

@@ -331,13 +331,17 @@ def answers_unchanged(defense: Defense, attack: Attack) -> bool:
 
 # ----------------------------------------------------------------------------------------- a cell
 def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bool = False,
-             progress: bool = True, store: Store | None = None) -> dict[str, Any]:
-    """Run one cell and store its row (``done``, or ``failed`` with the error, which is re-raised)."""
+             progress: bool = True, store: Store | None = None, rerun: bool = False) -> dict[str, Any]:
+    """Run one cell and store its row (``done``, or ``failed`` with the error, which is re-raised).
+
+    ``force`` recomputes everything (teacher, defense fit, reference student, cell); ``rerun`` only
+    ignores a stored row and reuses cached models (a sweep's ``--force`` recomputes those once, in
+    their own stage)."""
     cell = spec if isinstance(spec, Cell) else resolve(spec)
     store = store or Store(home)
     artifacts = Artifacts(store.home)
     key = cell.key
-    if not force:
+    if not (force or rerun):
         row = store.get_cell(key)
         if row is not None and row["status"] == "done":
             row["cached"] = True

@@ -1,0 +1,311 @@
+"""Sweep grids: which cells ``bench sweep`` runs, from command-line flags or a YAML file.
+
+A grid has five axes (tasks, defenses, attacks, seeds, budgets) plus the profile and the teacher seed;
+its cells are the product of the axes. A task, defense or attack entry is a plugin name with optional
+parameters, so one grid can hold a plugin several times (``asvp`` with ``h=1.5`` and with ``h=2``).
+``all`` on an axis means every registered plugin (tasks that cannot be built with the given
+parameters, such as ``folder`` without ``data``, are left out with a note), seeds ``0,1,2`` (the three
+seeds published numbers average) and budgets ``0.1,0.5,1.0`` dB (DESIGN section 2).
+
+A grid file (YAML; every key optional, flags given on the command line replace the file's axis)::
+
+    profile: quick                  # or {name: quick, student_steps: 300}: a profile with overrides
+    tasks: all                      # or a list of entries
+    defenses:
+      - none
+      - asvp                        # default parameters
+      - {name: asvp, params: {h: 2.0, k_mode: fixed}}
+      - {asvp: {h: 3.0}}            # the same, short form
+      - {name: asvp, sweep: {h: [1.25, 1.5, 2.0]}}   # one entry per value (a trade-off curve)
+      - {name: asvp, budgets: [0.1, 0.5, 1.0]}       # this entry at its own calibrated budgets
+    attacks: [vanilla_kd]
+    seeds: [0, 1, 2]                # or "0-4", or all
+    budgets: [null]                 # null: the strength as given; numbers: calibrated teacher cost in dB
+    teacher_seed: 0
+
+Budgets apply only to defenses with a strength parameter (``Defense.strength``); a defense without one
+(``none``) runs once, uncalibrated, whatever the budgets. ``--set GROUP.KEY=VALUE`` sets a parameter of
+every entry on that axis whose plugin declares it (and overrides the entry's own value); a key that no
+plugin on the axis declares is an error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import BenchError
+from bench.params import describe
+from bench.pipeline import CellSpec
+from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
+
+ALL_SEEDS = (0, 1, 2)
+ALL_BUDGETS = (0.1, 0.5, 1.0)
+FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed")
+ENTRY_KEYS = ("name", "params", "sweep", "budgets")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One plugin on an axis: its name, parameter overrides and (defenses only) its own budgets."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    budgets: tuple[float | None, ...] | None = None
+
+
+@dataclass
+class Grid:
+    tasks: list[Entry]
+    defenses: list[Entry]
+    attacks: list[Entry]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budgets: list[float | None] = field(default_factory=lambda: [None])
+    profile: str = "quick"
+    profile_params: dict[str, Any] = field(default_factory=dict)
+    teacher_seed: int = 0
+
+    def specs(self) -> list[CellSpec]:
+        """Every cell of the grid, in axis order (task, defense, attack, seed, budget), without repeats."""
+        out: list[CellSpec] = []
+        seen: set[str] = set()
+        for task, defense, attack, seed in itertools.product(self.tasks, self.defenses, self.attacks,
+                                                              self.seeds):
+            for budget in self._budgets_for(defense):
+                spec = CellSpec(task=task.name, defense=defense.name, attack=attack.name, seed=seed,
+                                profile=self.profile, task_params=dict(task.params),
+                                defense_params=dict(defense.params), attack_params=dict(attack.params),
+                                profile_params=dict(self.profile_params), teacher_seed=self.teacher_seed,
+                                budget_db=budget)
+                ident = repr(spec)
+                if ident not in seen:
+                    seen.add(ident)
+                    out.append(spec)
+        return out
+
+    def _budgets_for(self, defense: Entry) -> list[float | None]:
+        budgets = list(defense.budgets) if defense.budgets is not None else list(self.budgets)
+        if DEFENSES.get(defense.name).strength is None:
+            return [None]  # nothing to calibrate: the defense runs once, as it is
+        return budgets
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def parse_seeds(value: Any, where: str = "--seeds") -> list[int]:
+    """``"0,1,2"``, ``"0-4"``, ``all``, an int or a list of ints -> seeds."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return list(ALL_SEEDS)
+    items = _items(value)
+    seeds: list[int] = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            if isinstance(item, str) and "-" in text.lstrip("-"):
+                lo, hi = (int(p) for p in text.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            elif isinstance(item, bool):
+                raise ValueError
+            else:
+                seeds.append(int(text))
+        except ValueError:
+            raise BenchError(f"{where}: seeds are integers, ranges like 0-4, or all; got {item!r}.") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise BenchError(f"{where}: give at least one seed, each >= 0 (got {value!r}).")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_budgets(value: Any, where: str = "--budgets") -> list[float | None]:
+    """``"0.1,0.5"``, ``none``, ``all`` or a list -> budgets in dB (None: the strength as given)."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return list(ALL_BUDGETS)
+    out: list[float | None] = []
+    for item in _items(value):
+        if item is None or str(item).strip().lower() in ("none", "null", ""):
+            out.append(None)
+            continue
+        try:
+            b = float(item)
+            if isinstance(item, bool) or not b > 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise BenchError(f"{where}: budgets are teacher costs in dB (> 0), none, or all; got {item!r}.") \
+                from None
+        out.append(b)
+    if not out:
+        raise BenchError(f"{where}: give at least one budget (none: the strength as given).")
+    return list(dict.fromkeys(out))
+
+
+def _items(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def parse_entries(value: Any, registry: Registry, where: str, *, task_params: dict[str, Any] | None = None,
+                  profile: Any = None) -> list[Entry]:
+    """An axis from a flag (``"none,asvp"``, ``all``) or a YAML value (names and entry mappings)."""
+    if value is None:
+        raise BenchError(f"{where}: give at least one {registry.kind} name, or all.")
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return _all_entries(registry, task_params or {}, profile)
+    items = _items(value)
+    if not items:
+        raise BenchError(f"{where}: give at least one {registry.kind} name, or all.")
+    entries: list[Entry] = []
+    for item in items:
+        entries.extend(_entry(item, registry, where))
+    return entries
+
+
+def _entry(item: Any, registry: Registry, where: str) -> list[Entry]:
+    if isinstance(item, str):
+        registry.info(item)  # unknown names fail here, with the closest match
+        return [Entry(item)]
+    if not isinstance(item, dict):
+        raise BenchError(f"{where}: an entry is a {registry.kind} name or a mapping with 'name'; got {item!r}.")
+    if "name" not in item:
+        if len(item) != 1:
+            raise BenchError(f"{where}: entry {item!r} needs a 'name' (or the short form {{NAME: {{PARAM: "
+                             "VALUE}}}).")
+        ((name, params),) = item.items()
+        item = {"name": name, "params": params or {}}
+    unknown = set(item) - set(ENTRY_KEYS)
+    if unknown:
+        raise BenchError(f"{where}: entry {item.get('name')!r} has unknown key(s) {', '.join(sorted(unknown))}; "
+                         f"valid keys: {', '.join(ENTRY_KEYS)}.")
+    name = str(item["name"])
+    registry.info(name)
+    params = item.get("params") or {}
+    sweep = item.get("sweep") or {}
+    if not isinstance(params, dict) or not isinstance(sweep, dict):
+        raise BenchError(f"{where}: 'params' and 'sweep' of {name!r} must be mappings of parameter names.")
+    budgets = None
+    if "budgets" in item:
+        if registry is not DEFENSES:
+            raise BenchError(f"{where}: 'budgets' applies to defense entries only (entry {name!r}).")
+        budgets = tuple(parse_budgets(item["budgets"], f"{where}: budgets of {name!r}"))
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise BenchError(f"{where}: sweep.{key} of {name!r} must be a non-empty list of values.")
+    keys = list(sweep)
+    out = []
+    for combo in itertools.product(*(sweep[k] for k in keys)):
+        out.append(Entry(name, {**params, **dict(zip(keys, combo))}, budgets))
+    return out
+
+
+def _all_entries(registry: Registry, task_params: dict[str, Any], profile: Any) -> list[Entry]:
+    if registry is not TASKS:
+        return [Entry(n) for n in registry.names()]
+    from bench.pipeline import make_plugin
+
+    out = []
+    for name in registry.names():
+        cls = registry.get(name)
+        declared = {f.name for f in describe(cls.Params)}
+        params = {k: v for k, v in task_params.items() if k in declared}
+        try:
+            make_plugin(TASKS, name, params, profile=profile).identity()
+        except BenchError as exc:
+            print(f"note: 'all' tasks leaves out {name} ({exc})", file=sys.stderr)
+            continue
+        out.append(Entry(name))
+    return out
+
+
+def apply_sets(entries: list[Entry], registry: Registry, sets: dict[str, Any], group: str) -> list[Entry]:
+    """``--set GROUP.KEY=VALUE`` on every entry whose plugin declares KEY (overriding its own value)."""
+    if not sets:
+        return entries
+    declared = {e.name: {f.name for f in describe(registry.get(e.name).Params)} for e in entries}
+    for key in sets:
+        if not any(key in keys for keys in declared.values()):
+            known = sorted(set().union(*declared.values()))
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise BenchError(f"--set {group}.{key}: no {registry.kind} in the sweep has parameter '{key}'.{hint} "
+                             f"Their parameters: {', '.join(known) or '(none)'}.")
+    return [Entry(e.name, {**e.params, **{k: v for k, v in sets.items() if k in declared[e.name]}}, e.budgets)
+            for e in entries]
+
+
+def load_file(path: Path | str) -> dict[str, Any]:
+    """The raw mapping of a YAML grid file (validated by :func:`make_grid`)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BenchError(f"cannot read grid file {path}: {exc.strerror}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BenchError(f"grid file {path} is not valid YAML{where}; fix its syntax.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BenchError(f"grid file {path} must be a mapping with keys {', '.join(FILE_KEYS)}.")
+    unknown = set(data) - set(FILE_KEYS)
+    if unknown:
+        raise BenchError(f"grid file {path} has unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"valid keys: {', '.join(FILE_KEYS)}.")
+    return data
+
+
+def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses: Any = None,
+              attacks: Any = None, seeds: Any = None, budgets: Any = None, profile: str | None = None,
+              teacher_seed: int | None = None, sets: dict[str, dict[str, Any]] | None = None) -> Grid:
+    """A grid from a grid file's mapping and command-line values (which replace the file's axes).
+
+    Defaults: all tasks, all defenses, vanilla_kd, seed 0, no budget, the quick profile.
+    """
+    from bench.profiles import get_profile
+
+    file = dict(file or {})
+    sets = sets or {}
+    prof = file.get("profile", "quick")
+    profile_params: dict[str, Any] = {}
+    if isinstance(prof, dict):
+        prof = dict(prof)
+        prof_name = str(prof.pop("name", "quick"))
+        profile_params.update(prof)
+    else:
+        prof_name = str(prof)
+    if profile is not None:
+        prof_name = profile
+    profile_params.update(sets.get("profile", {}))
+    prof_obj = get_profile(prof_name, profile_params)  # validated here, before any plugin is built
+
+    task_sets = sets.get("task", {})
+    task_entries = parse_entries(tasks if tasks is not None else file.get("tasks", "all"), TASKS,
+                                 "--tasks" if tasks is not None else "tasks", task_params=task_sets,
+                                 profile=prof_obj)
+    defense_entries = parse_entries(defenses if defenses is not None else file.get("defenses", "all"), DEFENSES,
+                                    "--defenses" if defenses is not None else "defenses")
+    attack_entries = parse_entries(attacks if attacks is not None else file.get("attacks", "vanilla_kd"), ATTACKS,
+                                   "--attacks" if attacks is not None else "attacks")
+    t_seed = teacher_seed if teacher_seed is not None else file.get("teacher_seed", 0)
+    if isinstance(t_seed, bool) or not isinstance(t_seed, int) or t_seed < 0:
+        raise BenchError(f"teacher_seed must be an integer >= 0, got {t_seed!r}.")
+    return Grid(
+        tasks=apply_sets(task_entries, TASKS, task_sets, "task"),
+        defenses=apply_sets(defense_entries, DEFENSES, sets.get("defense", {}), "defense"),
+        attacks=apply_sets(attack_entries, ATTACKS, sets.get("attack", {}), "attack"),
+        seeds=parse_seeds(seeds if seeds is not None else file.get("seeds", [0]),
+                          "--seeds" if seeds is not None else "seeds"),
+        budgets=parse_budgets(budgets if budgets is not None else file.get("budgets", [None]),
+                              "--budgets" if budgets is not None else "budgets"),
+        profile=prof_name, profile_params=profile_params, teacher_seed=int(t_seed),
+    )

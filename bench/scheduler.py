@@ -1,0 +1,484 @@
+"""Many cells: ``bench sweep`` runs a grid in stages so that shared work is done once (DESIGN section 7).
+
+Stages, each a parallel map over its unique jobs (found by cache key), each finished before the next:
+
+1. ``teachers``: one job per teacher key (task, profile's teacher fields, teacher seed) not yet cached;
+2. ``defense fits``: one job per (teacher, defense + params, seed, profile) whose defense trains
+   something (``Defense.fit`` overridden); runtime defenses skip this stage;
+3. ``reference students``: one job per reference-student key not yet cached (cells that differ only in
+   their defense share it);
+4. ``cells``: every cell without a ``done`` row in the store, by :func:`bench.pipeline.run_cell`, which
+   finds the models of stages 1-3 in the artifacts cache and writes its row as soon as it finishes.
+
+Workers get :class:`bench.pipeline.CellSpec` (plain data) and return small dicts; models travel only
+as files in ``$BENCH_HOME/artifacts``, so the store folder must be one every worker reaches. A job
+that raises (an exception, :class:`bench.train.TrainingDiverged`, out of memory) is recorded, the
+sweep goes on, and the cells that needed it are stored as ``failed`` with the upstream error. A worker
+process that dies (killed for memory) fails only its own job: the jobs that were running when it died
+are retried one at a time, the rest together (:func:`_execute`). Ctrl-C stops the sweep; every row
+written so far stays, and a re-run continues from the store. ``force`` recomputes every stage's job
+once. The progress bar counts jobs of all stages (with the stage, the cells done and an estimate).
+
+Backends through joblib's ``parallel_config``: ``loky`` (processes on this machine, ``n_jobs`` of them;
+with more than one, torch uses one thread per worker) and ``dask`` (a ``distributed`` cluster at
+``address``, or a local one with ``n_jobs`` single-threaded worker processes). A dask worker process
+runs one job at a time with as many torch threads as it has threads (start remote workers with
+``dask worker ADDRESS --nworkers N --nthreads 1`` to run N jobs per machine). Where CUDA exists each
+worker process takes one GPU, by its worker index (the lowest free slot among this sweep's workers on
+its machine, held by a file lock), modulo the number of GPUs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import BenchError
+from bench.api import Defense
+from bench.cache import Artifacts, config_key
+from bench.pipeline import (
+    Cell,
+    CellSpec,
+    fit_defense,
+    get_teacher,
+    reference_config,
+    reference_student,
+    resolve,
+    run_cell,
+    teacher_config,
+    versions,
+)
+from bench.progress import bar
+from bench.store import Store
+
+STAGES = ("teachers", "defense fits", "reference students", "cells")
+BACKENDS = ("loky", "dask")
+
+# Workers of this process's sweeps claim their index (and so their GPU) in this folder, on their machine;
+# the name is made here, in the parent, and handed to every job.
+_SLOT_DIR = os.path.join(tempfile.gettempdir(), f"bench-slots-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+atexit.register(shutil.rmtree, _SLOT_DIR, ignore_errors=True)
+_WORKER: dict[str, Any] = {}
+_JOB_LOCK = threading.Lock()
+
+
+@dataclass
+class Job:
+    stage: str
+    key: str
+    spec: CellSpec
+    cell: str  # key of the first cell that needs it (for messages)
+    needs: tuple[str, ...] = ()  # keys of earlier-stage jobs this one depends on
+
+
+@dataclass
+class Plan:
+    cells: dict[str, Cell]  # every cell of the grid by key, in grid order
+    cached: dict[str, dict[str, Any]]  # key -> stored done row
+    jobs: dict[str, list[Job]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+    @property
+    def n_jobs(self) -> int:
+        return sum(len(v) for v in self.jobs.values())
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]  # the store's row of every cell of the grid, in grid order
+    ran: int
+    cached: int
+    failures: dict[str, str]  # cell key -> error
+    wall_s: float
+    labels: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+# ------------------------------------------------------------------------------------------ planning
+def defense_fits(cell: Cell) -> bool:
+    """True when the cell's defense trains something before serving (training-time defenses)."""
+    return type(cell.defense).fit is not Defense.fit
+
+
+def fit_key(cell: Cell, teacher_key: str) -> str:
+    return config_key({"kind": "defense-fit", "teacher": teacher_key, "defense": cell.defense.identity(),
+                       "task": cell.task.identity(), "seed": cell.spec.seed, "profile": cell.config()["profile"]})
+
+
+def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Plan:
+    """Resolve every cell (bad input fails here, before anything runs), look up finished rows and list
+    the unique jobs of each stage."""
+    cells: dict[str, Cell] = {}
+    for spec in specs:
+        cell = resolve(spec)
+        cells.setdefault(cell.key, cell)
+    cached: dict[str, dict[str, Any]] = {}
+    if not force:
+        for key in cells:
+            row = store.get_cell(key)
+            if row is not None and row["status"] == "done":
+                cached[key] = row
+    out = Plan(cells=cells, cached=cached)
+    artifacts = Artifacts(store.home)
+    seen: set[tuple[str, str]] = set()
+
+    def add(stage: str, key: str, cell_key: str, needs: tuple[str, ...] = ()) -> None:
+        if (stage, key) not in seen:
+            seen.add((stage, key))
+            out.jobs[stage].append(Job(stage, key, cells[cell_key].spec, cell_key, needs))
+
+    def have(key: str) -> bool:
+        return not force and (artifacts.dir(key) / "model.pt").exists()
+
+    for key, cell in cells.items():
+        if key in cached:
+            continue
+        t_key = config_key(teacher_config(cell.task, cell.profile, cell.spec.teacher_seed))
+        needs: list[str] = []
+        if not have(t_key):
+            add("teachers", t_key, key)
+            needs.append(t_key)
+        if defense_fits(cell):
+            f_key = fit_key(cell, t_key)
+            add("defense fits", f_key, key, tuple(needs))
+            needs.append(f_key)
+        r_key = config_key(reference_config(cell, t_key))
+        if not have(r_key):
+            add("reference students", r_key, key, tuple(k for k in needs if k == t_key))
+            needs.append(r_key)
+        add("cells", key, key, tuple(needs))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- workers
+def claim_slot(folder: str) -> tuple[int, int | None]:
+    """The lowest worker index free in ``folder``, held (by a file lock) for this process's lifetime.
+
+    Returns (index, file descriptor to keep open). Without ``fcntl`` (Windows) the index comes from the
+    process id."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return os.getpid(), None
+    os.makedirs(folder, exist_ok=True)
+    for i in itertools.count():
+        fd = os.open(os.path.join(folder, f"slot-{i}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return i, fd
+    raise AssertionError("unreachable")
+
+
+def gpu_for(index: int, count: int) -> int | None:
+    """The GPU a worker with this index takes (None without GPUs)."""
+    return index % count if count > 0 else None
+
+
+def _dask_worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def _setup_worker(threads: int | None, slot_dir: str) -> None:
+    """Once per worker process: torch threads, and one GPU by worker index where CUDA exists.
+
+    ``threads`` -1 (dask) means the worker's own thread count: jobs run one at a time per process."""
+    if _WORKER.get("ready"):
+        return
+    if threads == -1:
+        threads = _dask_worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    index, fd = claim_slot(slot_dir)
+    _WORKER.update(slot=index, slot_fd=fd)
+    if torch.cuda.is_available():
+        device = gpu_for(index, torch.cuda.device_count())
+        if device is not None:
+            torch.cuda.set_device(device)
+            _WORKER["device"] = device
+    _WORKER["ready"] = True
+
+
+def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
+         slot_dir: str) -> dict[str, Any]:
+    """One job, in a worker: a stage's model into the artifacts cache, or a cell's row into the store.
+
+    Returns ``{"ok": bool, "error": str | None, "cached": bool}``; an error is returned, not raised, so
+    one failing job never stops the others (a cell's failed row is stored by ``run_cell``).
+    Ctrl-C (KeyboardInterrupt) propagates. Jobs run one at a time per process: model building seeds
+    torch's process-wide generator, so two jobs in threads of one process (a dask worker with several
+    threads) would not be reproducible."""
+    with _JOB_LOCK:
+        _setup_worker(threads, slot_dir)
+        return _work(stage, spec, home, force)
+
+
+def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
+    try:
+        cell = resolve(spec)
+        if stage == "cells":
+            row = run_cell(cell, home=home, rerun=force, progress=False)
+            return {"ok": True, "error": None, "cached": bool(row.get("cached"))}
+        artifacts = Artifacts(home)
+        teacher, t_key, _ = get_teacher(cell.task, cell.profile, spec.teacher_seed, artifacts, progress=False,
+                                        force=force and stage == "teachers")
+        if stage == "defense fits":
+            fit_defense(cell, teacher, t_key, artifacts, progress=False, force=force)
+        elif stage == "reference students":
+            reference_student(cell, teacher, t_key, artifacts, progress=False, force=force)
+        return {"ok": True, "error": None, "cached": False}
+    except Exception as exc:  # noqa: BLE001 - every failure of a job is recorded, never fatal to the sweep
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "cached": False}
+
+
+# ------------------------------------------------------------------------------------------ backends
+@contextmanager
+def backend_config(backend: str, n_jobs: int, address: str | None) -> Iterator[tuple[int, int | None]]:
+    """joblib's ``parallel_config`` for the backend; yields (n_jobs for Parallel, torch threads per job)."""
+    from joblib import cpu_count, parallel_config
+
+    if backend not in BACKENDS:
+        raise BenchError(f"unknown backend '{backend}'; choose loky or dask.")
+    if n_jobs == 0 or n_jobs < -1:
+        raise BenchError(f"--n-jobs must be >= 1 (or -1 for every core), got {n_jobs}.")
+    if address and backend != "dask":
+        raise BenchError("--address names a dask scheduler; add --backend dask.")
+    if backend == "loky":
+        n = cpu_count() if n_jobs == -1 else n_jobs
+        with parallel_config(backend="loky", n_jobs=n):
+            yield n, (1 if n > 1 else None)
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise BenchError("the dask backend needs dask[distributed]: pip install 'antidistill-bench[dask]'.") \
+            from None
+    import logging
+
+    cluster = None
+    try:
+        if address:
+            client = Client(address, timeout="20s")
+        else:
+            n = cpu_count() if n_jobs == -1 else n_jobs
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+            client = Client(cluster)
+    except OSError as exc:
+        raise BenchError(f"cannot reach the dask scheduler at {address}: {exc}; check the address "
+                         "(tcp://HOST:PORT) and that the scheduler runs.") from None
+    try:
+        with parallel_config(backend="dask", client=client, n_jobs=-1):
+            yield -1, -1
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ------------------------------------------------------------------------------------------- the run
+def label(cell: Cell) -> str:
+    """``task · defense(params) · attack · seed N [· budget B dB]`` from the cell's own overrides."""
+    def named(name: str, params: dict[str, Any]) -> str:
+        return name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+
+    s = cell.spec
+    parts = [named(s.task, {k: v for k, v in s.task_params.items() if k != "data"}),
+             named(s.defense, s.defense_params), named(s.attack, s.attack_params), f"seed {s.seed}"]
+    if s.budget_db is not None:
+        parts.append(f"budget {s.budget_db:g} dB")
+    return " · ".join(parts)
+
+
+def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
+    now = time.time()
+    return {"key": cell.key, "task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack,
+            "seed": cell.spec.seed, "profile": cell.profile.name, "budget": cell.spec.budget_db,
+            "status": "failed", "error": error, "config": cell.config(), "metrics": None, "versions": versions(),
+            "started": now, "finished": now, "wall_s": 0.0}
+
+
+def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jobs: int = 1,
+              backend: str = "loky", address: str | None = None, force: bool = False,
+              progress: bool = True) -> SweepResult:
+    """Run every cell of ``specs`` in stages; returns the store's rows and what failed.
+
+    Failures do not raise: they are stored and listed in the result. Bad input raises
+    :class:`bench.BenchError` before anything runs; Ctrl-C raises KeyboardInterrupt after the rows
+    written so far are safely in the store."""
+    start = time.time()
+    store = Store(home)
+    the_plan = plan(specs, store, force=force)
+    cells = the_plan.cells
+    labels = {k: label(c) for k, c in cells.items()}
+    failed_jobs: dict[str, str] = {}  # job key -> error (any stage)
+    failures: dict[str, str] = {}  # cell key -> error
+    ran = cached = 0
+    n_cells = len(cells)
+    home_s = str(store.home.resolve())  # workers may run elsewhere (another cwd, another machine)
+
+    with backend_config(backend, n_jobs, address) as (par_jobs, threads), \
+            bar(total=the_plan.n_jobs, desc="sweep", show=progress, unit="job", leave=True) as pbar:
+        def status() -> None:
+            done = len(the_plan.cached) + ran + cached
+            pbar.set_postfix_str(f"cells {done}/{n_cells} done, {len(failures)} failed", refresh=True)
+
+        def fail_cell(key: str, error: str) -> None:
+            failures[key] = error
+            pbar.write(f"failed: {labels[key]}: {error}", file=sys.stderr)
+
+        status()
+        for stage in STAGES:
+            todo = []
+            for job in the_plan.jobs[stage]:
+                upstream = next((failed_jobs[k] for k in job.needs if k in failed_jobs), None)
+                if upstream is None:
+                    todo.append(job)
+                    continue
+                failed_jobs[job.key] = upstream
+                pbar.update(1)
+                if stage == "cells":
+                    fail_cell(job.key, upstream)
+                    if (store.get_cell(job.key) or {}).get("status") != "done":  # never replace a done row
+                        store.put_cell(_failed_row(cells[job.key], upstream))
+            n_done = 0
+            pbar.set_description(f"{stage} 0/{len(todo)}")
+            for job, res in _execute(todo, stage, par_jobs, home_s, force, threads, warn=pbar.write):
+                n_done += 1
+                pbar.set_description(f"{stage} {n_done}/{len(todo)}")
+                pbar.update(1)
+                if stage == "cells":
+                    if res["ok"]:
+                        cached += res["cached"]
+                        ran += not res["cached"]
+                    else:
+                        fail_cell(job.key, res["error"])
+                        if res.get("died") and (store.get_cell(job.key) or {}).get("status") != "done":
+                            store.put_cell(_failed_row(cells[job.key], res["error"]))
+                elif not res["ok"]:
+                    failed_jobs[job.key] = f"{stage[:-1]} failed: {res['error']}"
+                    pbar.write(f"failed: {stage[:-1]} for {labels[job.cell]}: {res['error']}", file=sys.stderr)
+                status()
+        pbar.set_description("sweep done")
+        status()
+
+    rows = []
+    for key in cells:
+        row = store.get_cell(key)
+        if row is not None:
+            rows.append(row)
+    return SweepResult(rows=rows, ran=ran, cached=cached + len(the_plan.cached), failures=failures,
+                       wall_s=time.time() - start, labels=labels)
+
+
+def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, threads: int | None, *,
+             warn: Any = print) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Run ``jobs`` on the configured backend; yields (job, result) as each finishes.
+
+    A worker process that dies (killed for memory, crashed) takes the whole parallel call down with it.
+    Each job marks itself running (a file under ``<home>/.running/``) until it returns, so after a death
+    the jobs that were running are known: they are retried one at a time (a second death is then pinned
+    on its own job, reported failed with ``died``), the jobs that had not started are retried together."""
+    from joblib import Parallel, delayed
+
+    pending, alone = list(jobs), []
+    while pending or alone:
+        if alone:
+            batch, isolated = [alone.pop(0)], True
+        else:
+            batch, pending, isolated = pending, [], False
+        marks = Path(home) / ".running" / uuid.uuid4().hex
+        finished: set[int] = set()
+        try:
+            results = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1)(
+                delayed(_tagged)(i, stage, job.spec, home, force, threads, str(marks / str(i)), _SLOT_DIR)
+                for i, job in enumerate(batch))
+            for i, res in results:
+                finished.add(i)
+                yield batch[i], res
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backend lost a worker, or could not run the job
+            error = _backend_error(exc)
+            if isolated:
+                yield batch[0], {"ok": False, "error": error, "cached": False, "died": True}
+            else:
+                unfinished = [i for i in range(len(batch)) if i not in finished]
+                running = [i for i in unfinished if (marks / str(i)).exists()] or unfinished
+                alone += [batch[i] for i in running]
+                pending = [batch[i] for i in unfinished if i not in running]
+                warn(f"{error}; {stage}: retrying the {len(running)} job(s) that were running one at a time, "
+                     f"{len(pending)} more together", file=sys.stderr)
+        finally:
+            shutil.rmtree(marks, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                marks.parent.rmdir()  # only if no other sweep on this store has jobs running
+
+
+def _backend_error(exc: Exception) -> str:
+    name = type(exc).__name__
+    if name in ("TerminatedWorkerError", "BrokenProcessPool", "KilledWorker"):  # loky, dask
+        return f"worker process died ({name}; out of memory?)"
+    return f"the backend could not run the job: {name}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _tagged(i: int, stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
+            mark: str, slot_dir: str) -> tuple[int, dict]:
+    path = Path(mark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    try:
+        return i, work(stage, spec, home, force, threads, slot_dir)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+
+# ------------------------------------------------------------------------------------------- summary
+def format_summary(result: SweepResult) -> str:
+    """Counts, wall time, a compact per-cell table of the drops, and the failures."""
+    from tabulate import tabulate
+
+    table = []
+    for row in result.rows:
+        m = row.get("metrics") or {}
+        key = row["key"]
+        status = "failed" if key in result.failures else row["status"]
+        table.append((result.labels.get(key, key), status, _num(m.get("teacher_drop_db")),
+                      _num(m.get("student_drop_db"))))
+    head = (f"{len(result.rows)} cells: {result.ran} run, {result.cached} cached, {len(result.failures)} failed "
+            f"· wall {result.wall_s:.1f} s")
+    out = [head, "", tabulate(table, headers=("cell", "status", "teacher_drop_db", "student_drop_db"),
+                              disable_numparse=True)]
+    if result.failures:
+        out += ["", "failed cells (a re-run retries them):"]
+        out += [f"  {result.labels.get(k, k)}: {err}" for k, err in result.failures.items()]
+    return "\n".join(out)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
