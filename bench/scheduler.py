@@ -56,6 +56,8 @@ from bench.pipeline import (
     CellSpec,
     fit_defense,
     get_teacher,
+    gt_config,
+    gt_student,
     reference_config,
     reference_student,
     resolve,
@@ -64,9 +66,10 @@ from bench.pipeline import (
     versions,
 )
 from bench.progress import bar
+from bench.query import GroundTruthUnsupported
 from bench.store import Store
 
-STAGES = ("teachers", "defense fits", "reference students", "cells")
+STAGES = ("teachers", "defense fits", "reference students", "ground-truth students", "cells")
 BACKENDS = ("loky", "dask")
 
 # Workers of this process's sweeps claim their index (and so their GPU) in this folder, on their machine;
@@ -150,7 +153,7 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     for key, cell in cells.items():
         if key in cached:
             continue
-        t_key = config_key(teacher_config(cell.task, cell.profile, cell.spec.teacher_seed))
+        t_key = config_key(teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model))
         needs: list[str] = []
         if not have(t_key):
             add("teachers", t_key, key)
@@ -163,6 +166,10 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
         if not have(r_key):
             add("reference students", r_key, key, tuple(k for k in needs if k == t_key))
             needs.append(r_key)
+        g_key = config_key(gt_config(cell))
+        if not have(g_key):  # needs no teacher: shared by every defense of (task, attack, seed)
+            add("ground-truth students", g_key, key)
+            needs.append(g_key)
         add("cells", key, key, tuple(needs))
     return out
 
@@ -244,8 +251,14 @@ def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
             row = run_cell(cell, home=home, rerun=force, progress=False)
             return {"ok": True, "error": None, "cached": bool(row.get("cached"))}
         artifacts = Artifacts(home)
+        if stage == "ground-truth students":
+            try:
+                gt_student(cell, artifacts, progress=False, force=force)
+            except GroundTruthUnsupported:  # the cell then runs without a gt row, as run_cell does
+                pass
+            return {"ok": True, "error": None, "cached": False}
         teacher, t_key, _ = get_teacher(cell.task, cell.profile, spec.teacher_seed, artifacts, progress=False,
-                                        force=force and stage == "teachers")
+                                        force=force and stage == "teachers", user_model=cell.teacher_model)
         if stage == "defense fits":
             fit_defense(cell, teacher, t_key, artifacts, progress=False, force=force)
         elif stage == "reference students":

@@ -210,10 +210,11 @@ def test_sweep_runs_shared_stages_once_and_resumes_from_the_store(loky_sweep):
     specs = specs_from(FLAGS)
     assert plan(specs, store).n_jobs == 0  # everything is done: nothing to run
     forced = plan(specs, store, force=True).jobs
-    assert [len(forced[s]) for s in forced] == [1, 0, 3, 6]  # one teacher, one reference per seed, 6 cells
+    # one teacher, one reference and one ground-truth student per seed, 6 cells
+    assert [len(forced[s]) for s in forced] == [1, 0, 3, 3, 6]
     # one more defense: only its own cells are new work
     more = plan(specs + specs_from(FLAGS + ["--defenses", "asvp", "--set", "defense.h=3"]), store).jobs
-    assert [len(more[s]) for s in more] == [0, 0, 0, 3]
+    assert [len(more[s]) for s in more] == [0, 0, 0, 0, 3]
     again = run_sweep(specs, home=home, n_jobs=1, progress=False)
     assert again.ran == 0 and again.cached == 6 and results(again.rows) == results(result.rows)
 
