@@ -71,6 +71,14 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
     if len(failed):
         msgs.append(f"{len(failed)} cell(s) failed and are left out of the tables and plots; they are listed under "
                     "Failed cells with their errors. Fix the cause and re-run them (finished cells are kept).")
+    for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
+        mine = [t for t in tables if t.profile == profile]
+        labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows}
+        for t in mine:
+            absent = sorted(labels[c] for c in set(labels) - {r.config_id for r in t.rows})
+            if absent:
+                msgs.append(f"{t.task} · {t.attack} · profile {profile}: no finished cells for " + "; ".join(absent)
+                            + " (other tasks or attacks have them).")
     one_seed = [f"{t.task} · {r.defense} ({r.budget_text}) · {t.attack} · profile {t.profile}"
                 for t in tables for r in t.rows if len(r.seeds) == 1]
     if one_seed:

@@ -37,9 +37,12 @@ def _read(path: Path) -> np.ndarray | None:
 def chosen_cells(table: Table, cells: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     """(row label, cell) per configuration of ``table``, at one seed shared by every row where possible."""
     common = set.intersection(*(set(r.seeds) for r in table.rows)) if table.rows else set()
+    profile_id, task_id, attack_id = table.ids
+    mine = cells[(cells["profile_id"] == profile_id) & (cells["task_id"] == task_id) & (cells["attack_id"] == attack_id)
+                 & (cells["status"] == "done")]
     out = []
     for r in table.rows:
-        g = cells[(cells["config_id"] == r.config_id) & (cells["status"] == "done")]
+        g = mine[mine["config_id"] == r.config_id]
         g = g[g["seed"] == min(common)] if common else g[g["seed"] == min(r.seeds)]
         if len(g):
             budget = "" if r.budget_db is None else f"\n@ {r.budget_text}"

@@ -22,8 +22,10 @@ h1 { font-size: 1.7rem; margin-bottom: .2rem; } h2 { margin-top: 2.4rem; border-
 h3 { margin-top: 1.6rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
 th, td { padding: .3rem .6rem; border-bottom: 1px solid #e2e2e2; text-align: left; vertical-align: top; }
+.scroll { overflow-x: auto; } td pre { white-space: pre-wrap; min-width: 24rem; }
 thead th { border-bottom: 2px solid #333; background: #f6f6f6; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th.num { text-align: right; }
 tr.group td { border-top: 2px solid #999; }
 tr.unseen td { color: #777; }
 .notes { font-size: .88rem; color: #444; margin-top: .2rem; }
@@ -70,8 +72,8 @@ def table_html(table: Table) -> str:
                       for j, c in enumerate(cells))
         body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>')
     notes = "".join(f"<li>{esc(n)}</li>" for n in table.notes)
-    return (f"<h3>{esc(table.title)}</h3>\n<table><thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body)
-            + "\n</tbody></table>\n" + (f'<ul class="notes">{notes}</ul>\n' if notes else ""))
+    return (f'<h3>{esc(table.title)}</h3>\n<div class="scroll"><table><thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody></table></div>\n" + (f'<ul class="notes">{notes}</ul>\n' if notes else ""))
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -96,8 +98,8 @@ def failed_html(failed: pd.DataFrame) -> str:
         error = r["error"] if isinstance(r["error"], str) and r["error"] else "(no error recorded)"
         rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + f"<td><pre>{esc(error)}</pre></td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("Task", "Defense", "Attack", "Profile", "Seed", "Cell key", "Error"))
-    return (f'<h2 id="failed">Failed cells ({len(failed)})</h2>\n<table><thead><tr>{head}</tr></thead><tbody>\n'
-            + "\n".join(rows) + "\n</tbody></table>\n")
+    return (f'<h2 id="failed">Failed cells ({len(failed)})</h2>\n<div class="scroll"><table><thead><tr>{head}</tr>'
+            "</thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>\n")
 
 
 def page(tables: list[Table], figures: list[Figure], failed: pd.DataFrame, messages: list[str], *, store: str,

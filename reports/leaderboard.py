@@ -62,6 +62,8 @@ class Table:
     attack_access: str | None
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    #: (profile_id, task_id, attack_id): which cells the table covers (labels are for reading)
+    ids: tuple[str, str, str] = ("", "", "")
 
     @property
     def title(self) -> str:
@@ -105,7 +107,7 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
             ))
         rows = _rank(rows)
         table = Table(profile=first["profile_label"], task=first["task_label"], attack=first["attack_label"],
-                      attack_access=first["attack_access"], rows=rows)
+                      attack_access=first["attack_access"], rows=rows, ids=(profile_id, task_id, attack_id))
         table.notes = _notes(table, grp, fail_here)
         tables.append(table)
     tables.sort(key=lambda t: (t.profile, t.task, t.attack))

@@ -113,6 +113,8 @@ def test_feature_only_defense_is_listed_unranked_with_one_seed_and_no_ci(report)
     assert "± " not in cells[5]  # no interval printed for one seed
     assert "one seed: no confidence interval" in md
     assert any("one seed only" in m and "mode=exposed" in m for m in report.messages)
+    assert ("sr · vanilla_kd · profile smoke: no finished cells for asvp (mode=exposed, h=1.5) (uncalibrated) "
+            "(other tasks or attacks have them).") in report.messages
 
 
 def test_markdown_table_rows_match_the_numbers(report):
@@ -305,3 +307,15 @@ def test_report_errors_are_one_line(tmp_path, capsys, argv, words):
     for w in words:
         assert w in err
     assert not (tmp_path / "nowhere").exists()  # a report never creates a store
+
+
+def test_visual_grid_shows_each_tables_own_cells(sweep, report):
+    from reports.grid import chosen_cells
+
+    for table in report.tables:
+        chosen = chosen_cells(table, report.cells)
+        assert [label.split("\n")[0] for label, _ in chosen] == [r.defense for r in table.rows]
+        for _, cell in chosen:
+            assert (cell["task"], cell["attack"], cell["status"]) == (table.task, table.attack, "done")
+            assert cell["seed"] == 0  # the seed every row has
+            assert (sweep / "artifacts" / cell["key"] / "samples" / "student.png").is_file()
