@@ -119,7 +119,7 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
             caption = f"{task}, profile {profile}: student PSNR drop per defense and attack (95 % CI over seeds)."
         else:
             chosen = grid_mod.chosen_cells(table, g)
-            notes += grid_mod.missing_images(home, chosen)
+            notes += grid_mod.missing_images(home, chosen, title)
             png = grid_mod.grid(home, chosen, title)
             caption = (f"{task}, attack {table.attack}, profile {profile}: one test image through the teacher, the "
                        "served teacher and the students stolen from each (SR input: bicubic).")

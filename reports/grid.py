@@ -50,15 +50,19 @@ def chosen_cells(table: Table, cells: pd.DataFrame) -> list[tuple[str, pd.Series
     return out
 
 
-def missing_images(home: Path, chosen: list[tuple[str, pd.Series]]) -> list[str]:
-    missing = []
+def missing_images(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> list[str]:
+    """One line per grid that lacks sample images (drawn as blanks), naming the first folder at fault."""
+    lacking = []
     for label, cell in chosen:
         folder = sample_dir(home, cell["key"])
         lost = [name for name, _ in COLUMNS if not (folder / f"{name}.png").is_file()]
         if lost:
-            missing.append(f"{' '.join(label.split())} (seed {cell['seed']}): no sample image(s) "
-                           f"{', '.join(lost)} in {folder}")
-    return missing
+            lacking.append((" ".join(label.split()), folder, lost))
+    if not lacking:
+        return []
+    label, folder, lost = lacking[0]
+    return [f"visual grid {title}: {len(lacking)} of {len(chosen)} row(s) lack sample images, drawn blank "
+            f"(e.g. {label}: {', '.join(lost)}.png not in {folder}); re-run those cells with --force to save them."]
 
 
 def grid(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> bytes:

@@ -107,7 +107,8 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
             ))
         rows = _rank(rows)
         table = Table(profile=first["profile_label"], task=first["task_label"], attack=first["attack_label"],
-                      attack_access=first["attack_access"], rows=rows, ids=(profile_id, task_id, attack_id))
+                      attack_access=first["attack_access"] if isinstance(first["attack_access"], str) else None,
+                      rows=rows, ids=(profile_id, task_id, attack_id))
         table.notes = _notes(table, grp, fail_here)
         tables.append(table)
     tables.sort(key=lambda t: (t.profile, t.task, t.attack))

@@ -4,10 +4,12 @@ Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backe
 lettered for print (10 pt text at the saved size, 200 dpi PNG). Error bars are 95 % Student-t intervals
 over seeds (:mod:`reports.stats`); a configuration with one seed has none.
 
-- :func:`tradeoff`: one panel per attack; one curve per defense family (every parameter fixed but the
-  strength), through its strengths or calibrated budgets, sorted by teacher drop; points are labelled
-  with their strength (or budget). The dashed diagonal marks equal drops: above it, a defense costs the
-  student more than the teacher.
+- :func:`tradeoff`: one panel per attack; per defense family (every parameter fixed but the strength) a
+  solid curve through its set strengths and a dashed one (hollow markers) through its calibrated budgets,
+  sorted by teacher drop; points are labelled with their strength or budget. The grey diagonal marks
+  equal drops: above it, a defense costs the student more than the teacher.
+- Defenses acting only on a channel an attack cannot see are left out of that attack's panel and bars
+  (their student is the undefended one; the leaderboard lists them, unranked).
 - :func:`bars`: grouped bars of student drop per defense configuration, one colour per attack.
 """
 
@@ -100,40 +102,44 @@ def _points(g: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def tradeoff(cells: pd.DataFrame, title: str) -> bytes:
-    """Teacher drop (x) against student drop (y) for the finished cells of one (profile, task)."""
+    """Teacher drop (x) against student drop (y) for the finished cells of one (profile, task).
+
+    Per attack panel, per defense family: a solid curve through its set strengths and a dashed curve with
+    hollow markers through its calibrated budgets. Defenses the attack cannot see are left out (their
+    student is the undefended one; the leaderboard lists them unranked)."""
+    cells = cells[cells["attack_sees_defense"].astype(bool)]
     attacks = sorted(cells["attack_label"].unique())
     families = sorted(cells["defense_base"].unique(), key=lambda f: (f != "none", f))
     look = _colors(families)
-    ncols = min(len(attacks), 2)
-    nrows = math.ceil(len(attacks) / ncols)
+    ncols = max(1, min(len(attacks), 2))
+    nrows = max(1, math.ceil(len(attacks) / ncols))
     with style():
         fig = new_figure(4.6 * ncols, 3.8 * nrows + 0.6)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         handles = {}
         for ax, attack in zip(axes, attacks):
             sub = cells[cells["attack_label"] == attack]
-            lo, hi = 0.0, 0.0
             for fam in families:
                 g = sub[sub["defense_base"] == fam]
-                if g.empty:
-                    continue
-                pts = _points(g)
                 color, marker = look[fam]
-                x = [p["teacher"].mean for p in pts]
-                y = [p["student"].mean for p in pts]
-                h = ax.errorbar(x, y, xerr=[_ci(p["teacher"]) for p in pts], yerr=[_ci(p["student"]) for p in pts],
-                                color=color, marker=marker, capsize=3, elinewidth=1, markersize=8 if fam == "none"
-                                else 6, linestyle="-" if len(pts) > 1 else "none", label=fam)
-                handles.setdefault(fam, h)
-                for i, p in enumerate(pts):
-                    lo = min(lo, p["teacher"].low, p["student"].low)
-                    hi = max(hi, p["teacher"].high, p["student"].high)
-                    if p["text"]:  # alternate above/below so neighbouring labels overlap less
-                        ax.annotate(p["text"], (p["teacher"].mean, p["student"].mean), textcoords="offset points",
-                                    xytext=(5, 5 if i % 2 == 0 else -12), fontsize=8, color=color)
-            pad = 0.05 * (hi - lo or 1.0)
-            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], linestyle="--", color="0.5", linewidth=0.9,
-                    zorder=0)
+                for calibrated, part in ((False, g[g["budget_db"].isna()]), (True, g[g["budget_db"].notna()])):
+                    if part.empty:
+                        continue
+                    pts = _points(part)
+                    name = f"{fam} @ budgets" if calibrated else fam
+                    h = ax.errorbar([p["teacher"].mean for p in pts], [p["student"].mean for p in pts],
+                                    xerr=[_ci(p["teacher"]) for p in pts], yerr=[_ci(p["student"]) for p in pts],
+                                    color=color, marker=marker, capsize=3, elinewidth=1,
+                                    markersize=8 if fam == "none" else 6,
+                                    markerfacecolor="white" if calibrated else color,
+                                    linestyle=("--" if calibrated else "-") if len(pts) > 1 else "none", label=name)
+                    handles.setdefault(name, h)
+                    for i, p in enumerate(pts):
+                        if p["text"]:  # alternate above/below so neighbouring labels overlap less
+                            ax.annotate(p["text"], (p["teacher"].mean, p["student"].mean),
+                                        textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -12), fontsize=8,
+                                        color=color)
+            ax.axline((0, 0), slope=1, linestyle="--", color="0.5", linewidth=0.9, zorder=0)
             ax.axhline(0, color="0.3", linewidth=0.6, zorder=0)
             ax.axvline(0, color="0.3", linewidth=0.6, zorder=0)
             ax.set_title(f"attack: {attack}")
@@ -141,15 +147,20 @@ def tradeoff(cells: pd.DataFrame, title: str) -> bytes:
             ax.set_ylabel(STUDENT_AXIS)
         for ax in axes[len(attacks):]:
             ax.set_visible(False)
-        fig.suptitle(f"{title}: teacher cost vs student harm\n(error bars: 95 % CI over seeds; dashed: equal drops)")
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncols=legend_columns(list(handles), 4.6 * ncols), title="Defense")
+        fig.suptitle(f"{title}: teacher cost vs student harm\n"
+                     "(error bars: 95 % CI over seeds; dashed grey: equal drops)")
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                       ncols=legend_columns(list(handles), 4.6 * ncols), title="Defense")
         return png_bytes(fig)
 
 
 def bars(cells: pd.DataFrame, title: str) -> bytes:
-    """Student drop per defense configuration (x) and attack (colour), for one (profile, task)."""
+    """Student drop per defense configuration (x) and attack (colour), for one (profile, task). A defense the
+    attack cannot see gets no bar for that attack."""
     from matplotlib import colormaps
+
+    seen = cells[cells["attack_sees_defense"].astype(bool)]
 
     configs = (cells.assign(_ref=cells["defense"] != "none")  # the undefended reference first
                .sort_values(["_ref", "defense_base", "budget_db", "strength"], na_position="first")
@@ -168,7 +179,7 @@ def bars(cells: pd.DataFrame, title: str) -> bytes:
         for j, attack in enumerate(attacks):
             means, errs, xs = [], [], []
             for i, cid in enumerate(configs["config_id"]):
-                g = cells[(cells["config_id"] == cid) & (cells["attack_label"] == attack)]
+                g = seen[(seen["config_id"] == cid) & (seen["attack_label"] == attack)]
                 if g.empty:
                     continue
                 e = mean_ci(g["student_drop_db"])

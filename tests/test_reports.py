@@ -257,7 +257,7 @@ def test_calibrated_cells_are_ranked_within_their_budget(tmp_path):
     assert "| 0.1 dB " in md and "2.000 ± 2.484" in md and "0.600 ± 0.430" in md
     tex = (tmp_path / "out" / "leaderboard.tex").read_text()
     assert tex.count(r"\midrule") == 2  # header rule + one between the 0.1 dB group and the uncalibrated one
-    assert any("no sample image" in m for m in rep.messages)  # hand-written cells saved no PNGs
+    assert any("lack sample images" in m for m in rep.messages)  # hand-written cells saved no PNGs
 
 
 def test_names_are_escaped_in_html_markdown_and_latex(tmp_path):
