@@ -31,6 +31,7 @@ PRINT_STYLE = {
     "legend.fontsize": 9, "figure.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6,
     "lines.linewidth": 1.6, "lines.markersize": 6, "savefig.dpi": 200, "axes.spines.top": False,
     "axes.spines.right": False,
+    "text.parse_math": False,  # names are shown as written: a '$' in a parameter must not start mathtext
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 TEACHER_AXIS = "Teacher PSNR drop (dB)\n(cost to honest users)"

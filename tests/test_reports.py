@@ -262,7 +262,7 @@ def test_calibrated_cells_are_ranked_within_their_budget(tmp_path):
 
 def test_names_are_escaped_in_html_markdown_and_latex(tmp_path):
     store = Store(tmp_path / "s")
-    evil = "<img src=x onerror=alert(1)>&_%"
+    evil = "<img src=x onerror=alert(1)>&_%$x^$"
     store.put_cell(_cell("e0", evil, {"p": "<b>"}, 0, student=1.0))
     store.put_cell(_cell("f0", "none", {}, 1, student=0.0, status="failed", error="RuntimeError: <script>x</script>"))
     rep = build_report(tmp_path / "s", tmp_path / "out", ("md", "latex", "html"), progress=False)
