@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.api import Defense
 from bench.cli import main
 from bench.pipeline import CellSpec, run_cell
+from bench.registry import DEFENSES
 from bench.store import Store
 from reports import build_report
 from reports.latex import standalone
@@ -31,7 +33,7 @@ SEEDS = (0, 1, 2)
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A smoke sweep: derain/sr x none/asvp at two strengths x 3 seeds, plus one single-seed exposed-only
-    ASVP cell (features only: unseen by vanilla KD) and one failed cell."""
+    ASVP cell (features only: unseen by vanilla KD) and one cell that fails (its defense's fit raises)."""
     home = tmp_path_factory.mktemp("report_store")
     for task in TASKS:
         for defense, params in [("none", {})] + [("asvp", {"h": h}) for h in STRENGTHS]:
@@ -40,10 +42,20 @@ def sweep(tmp_path_factory):
                          home=home, progress=False)
     run_cell(CellSpec(task="derain", defense="asvp", defense_params={"mode": "exposed"}, profile="smoke"),
              home=home, progress=False)
-    with pytest.raises(Exception, match="no layer 'nope'"):
-        run_cell(CellSpec(task="derain", defense="asvp", defense_params={"layers": "nope"}, profile="smoke"),
-                 home=home, progress=False)
+    DEFENSES.register("exploding")(Exploding)
+    try:
+        with pytest.raises(RuntimeError, match="exploded on purpose"):
+            run_cell(CellSpec(task="derain", defense="exploding", profile="smoke"), home=home, progress=False)
+    finally:
+        DEFENSES.unregister("exploding")
     return home
+
+
+class Exploding(Defense):
+    """A defense whose fit fails mid-cell, so the store holds a real failed row."""
+
+    def fit(self, teacher, splits, ctx):
+        raise RuntimeError("exploded on purpose")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +139,7 @@ def test_markdown_table_rows_match_the_numbers(report):
             pattern = (rf"\|\s*{row.rank}\s*\|\s*{re.escape(row.defense)}\s*\|.*\|\s*"
                        rf"{row.student.mean:.3f} ± {row.student.ci:.3f}\s*\|.*\|\s*{len(row.seeds)}\s*\|")
             assert re.search(pattern, md.replace("\\_", "_")), (row.defense, pattern)
-    assert "## Failed cells" in md and "no layer 'nope'" in md
+    assert "## Failed cells" in md and "RuntimeError: exploded on purpose" in md
 
 
 def test_csv_has_every_cell_done_and_failed(sweep, report):
@@ -138,7 +150,7 @@ def test_csv_has_every_cell_done_and_failed(sweep, report):
     assert len(df) == n_done + 1
     assert (df["status"] == "done").sum() == n_done
     failed = df[df["status"] == "failed"].iloc[0]
-    assert "no layer 'nope'" in failed["error"]
+    assert failed["error"] == "RuntimeError: exploded on purpose" and failed["defense"] == "exploding"
     for col in ("task", "defense_label", "attack", "seed", "channels", "budget_db", "teacher_drop_db",
                 "student_drop_db", "student_ssim_drop_pct", "teacher_psnr", "student_ref_psnr", "queries_used"):
         assert col in df.columns, col
