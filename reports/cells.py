@@ -3,7 +3,8 @@
 Reads ``<home>/results.sqlite`` through :meth:`bench.store.Store.dataframe` and adds:
 
 - ``*_id`` columns: canonical JSON of what identifies a task, attack, profile or defense configuration
-  (name, version, params), so cells are grouped by what they ran, not by their names alone;
+  (name, version, params; a task's also the teacher and student models when the user brought their own),
+  so cells are grouped by what they ran, not by their names alone;
 - ``*_label`` columns: the name plus the parameters that vary in this store (``sr (scale=4)``,
   ``asvp (h=1.5)``), so a reader tells configurations apart without reading JSON;
 - ``budget_db`` (the teacher budget the defense was calibrated to; NaN when it ran at a set strength),
@@ -131,11 +132,16 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         budget = [b if b is not None else (None if pd.isna(s) else s) for b, s in zip(budget, df["budget"])]
     df["budget_db"] = pd.to_numeric(pd.Series(budget, index=df.index, dtype=object), errors="coerce")
 
+    # the models a cell ran on belong to its task: cells on your own teacher are not pooled with the reference
+    models = [{"teacher": _model_label(c, "teacher_model"), "student": _model_label(c, "student_model")} for c in cfg]
+    df["teacher_model"] = [m["teacher"] for m in models]
+    df["student_model"] = [m["student"] for m in models]
     for part in ("task", "defense", "attack"):
         names = df[part].tolist()
-        ids = parts[part]
+        df[f"{part}_params"] = [canonical_json(i.get("params") or {}) for i in parts[part]]
+        ids = parts[part] if part != "task" else [{**i, "params": {**(i.get("params") or {}), **m}}
+                                                   for i, m in zip(parts[part], models)]
         flat = [{**(i.get("params") or {}), "version": i.get("version")} for i in ids]
-        df[f"{part}_params"] = [canonical_json(i.get("params") or {}) for i in ids]
         df[f"{part}_id"] = [canonical_json({"name": n, **f}) for n, f in zip(names, flat)]
         vary = _vary_by_name(names, ids, is_done)
         shown = [[(k, f.get(k)) for k in vary[(n, ok)]] for n, f, ok in zip(names, flat, is_done)]
@@ -171,6 +177,16 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _model_label(config: Any, key: str) -> str:
+    """``reference`` (the suite's own architecture), or the user's factory (and weights hash) from
+    ``bench run --teacher/--student``."""
+    m = config.get(key) if isinstance(config, dict) else None
+    if not isinstance(m, dict):
+        return "reference"
+    weights = m.get("weights")
+    return str(m.get("factory")) + (f"@{str(weights)[:8]}" if weights else "")
+
+
 def _number(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
 
@@ -190,6 +206,7 @@ def load(home: Path | str) -> pd.DataFrame:
 
 #: columns of the per-cell CSV, in order (the rest of a cell's metrics follow them)
 CSV_FIRST = ("key", "status", "error", "profile", "profile_label", "task", "task_label", "task_params",
+             "teacher_model", "student_model",
              "defense", "defense_label", "defense_params", "channels", "budget_db", "strength_param",
              "strength", "attack", "attack_label", "attack_params", "attack_access", "attack_sees_defense",
              "seed", "teacher_seed", *DROPS, *SCORES, "queries_used", "wall_s", *TIMINGS)

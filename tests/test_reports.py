@@ -272,6 +272,19 @@ def test_calibrated_cells_are_ranked_within_their_budget(tmp_path):
     assert any("lack sample images" in m for m in rep.messages)  # hand-written cells saved no PNGs
 
 
+def test_cells_on_a_users_own_teacher_are_a_task_of_their_own(tmp_path):
+    store = Store(tmp_path / "s")
+    for seed in range(2):
+        store.put_cell(_cell(f"r{seed}", "asvp", {"h": 1.5}, seed, student=1.0))
+        mine = _cell(f"u{seed}", "asvp", {"h": 1.5}, seed, student=3.0)
+        mine["config"]["teacher_model"] = {"factory": "my_model:make_teacher", "arch": "ab12", "weights": "cd34ef567"}
+        store.put_cell(mine)
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
+    assert sorted(t.task for t in rep.tables) == ["derain (teacher=my_model:make_teacher@cd34ef56)",
+                                                  "derain (teacher=reference)"]
+    assert sorted(t.rows[0].student.mean for t in rep.tables) == [1.0, 3.0]
+
+
 def test_names_are_escaped_in_html_markdown_and_latex(tmp_path):
     store = Store(tmp_path / "s")
     evil = "<img src=x onerror=alert(1)>&_%$x^$"
