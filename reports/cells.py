@@ -30,7 +30,7 @@ from bench.cache import canonical_json
 
 #: per-cell metrics the reports aggregate (all in the store's ``metrics`` JSON)
 DROPS = ("teacher_drop_db", "student_drop_db", "student_ssim_drop_pct")
-SCORES = tuple(f"{who}_{m}" for who in ("input", "teacher", "served", "student_ref", "student")
+SCORES = tuple(f"{who}_{m}" for who in ("input", "teacher", "served", "student_ref", "student", "student_gt")
                for m in ("psnr", "ssim"))
 TIMINGS = ("data_s", "teacher_s", "defense_fit_s", "reference_student_s", "student_s", "score_s")
 

@@ -137,9 +137,11 @@ def _key(x: float) -> float:
 def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame) -> list[str]:
     notes = []
     ref = mean_ci(grp["teacher_psnr"]).mean, mean_ci(grp["student_ref_psnr"]).mean
+    gt = mean_ci(grp["student_gt_psnr"]).mean if "student_gt_psnr" in grp else math.nan
     if not any(math.isnan(v) for v in ref):
-        notes.append(f"Undefended teacher {ref[0]:.2f} dB PSNR, reference student {ref[1]:.2f} dB (means over "
-                     "this table's cells); drops are paired differences from them.")
+        also = "" if math.isnan(gt) else f", the attack trained on ground truth instead of answers {gt:.2f} dB"
+        notes.append(f"Undefended teacher {ref[0]:.2f} dB PSNR, reference student {ref[1]:.2f} dB{also} (means "
+                     "over this table's cells); drops are paired differences from the reference.")
     if any(r.budget_db is None for r in table.rows):
         notes.append("Uncalibrated: each defense at the strength it was run with; read its student drop "
                      "together with the teacher drop it costs.")
