@@ -155,6 +155,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports import build_report, parse_formats
+
+    formats = parse_formats(args.format)
+    report = build_report(_home(args), args.out, formats, progress=True)
+    for message in report.messages:
+        print(f"note: {message}", file=sys.stderr)
+    print(f"report in {report.out}: " + ", ".join(str(p.relative_to(report.out)) for p in report.files))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -192,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list plugins with their parameters")
     p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks"])
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("report", help="leaderboards, plots and an HTML page from the store")
+    p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
+    p.add_argument("--out", help="output folder (default HOME/report)")
+    p.add_argument("--format", help="comma-separated subset of md,latex,csv,plots,html (default: all)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

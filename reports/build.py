@@ -1,0 +1,168 @@
+"""``bench report``: every table and figure of a store, written to one folder.
+
+Outputs (``--format``, default all): ``leaderboard.md``, ``leaderboard.tex`` (booktabs tables to paste),
+``cells.csv`` (every cell, done and failed, one tidy row each), ``plots/*.png`` (trade-off, bars and
+visual grid per task) and ``report.html`` (all of it on one self-contained page; the figures are drawn
+for it even when ``plots`` is not asked for, and then not written as files).
+
+A store with nothing finished, failed cells, configurations with one seed, or missing sample images
+gives a report that says so (:func:`missing`), never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bench import BenchError
+from bench.cache import atomic_write_bytes
+from bench.progress import bar
+from reports import cells as cells_mod
+from reports import grid as grid_mod
+from reports import html as html_mod
+from reports import latex as latex_mod
+from reports import leaderboard, plots
+from reports.html import Figure
+from reports.leaderboard import Table
+
+FORMATS = ("md", "latex", "csv", "plots", "html")
+_ALIASES = {"markdown": "md", "tex": "latex", "png": "plots"}
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """``"md,latex"`` -> ``("md", "latex")``; ``None`` or ``"all"`` -> every format."""
+    if text is None or text.strip() in ("", "all"):
+        return FORMATS
+    out = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        item = _ALIASES.get(item, item)
+        if item not in FORMATS:
+            raise BenchError(f"unknown report format '{item}'; choose from {', '.join(FORMATS)} (comma-separated), "
+                             "or all.")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+@dataclass
+class Report:
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list, repr=False)
+    cells: pd.DataFrame | None = field(default=None, repr=False)
+
+
+def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
+    """What the report cannot show, in words a reader can act on."""
+    msgs = []
+    if cells.empty:
+        return [f"no finished cells in {store}; run bench run or bench sweep first."]
+    done = cells[cells["status"] == "done"]
+    failed = cells[cells["status"] != "done"]
+    if done.empty:
+        msgs.append(f"no finished cells in {store}; run bench run or bench sweep first "
+                    f"({len(failed)} failed cell(s) are listed with their errors).")
+    if len(failed):
+        msgs.append(f"{len(failed)} cell(s) failed and are left out of the tables and plots; they are listed under "
+                    "Failed cells with their errors. Fix the cause and re-run them (finished cells are kept).")
+    for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
+        mine = [t for t in tables if t.profile == profile]
+        labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows}
+        for t in mine:
+            absent = sorted(labels[c] for c in set(labels) - {r.config_id for r in t.rows})
+            if absent:
+                msgs.append(f"{t.task} · {t.attack} · profile {profile}: no finished cells for " + "; ".join(absent)
+                            + " (other tasks or attacks have them).")
+    one_seed = [f"{t.task} · {r.defense} ({r.budget_text}) · {t.attack} · profile {t.profile}"
+                for t in tables for r in t.rows if len(r.seeds) == 1]
+    if one_seed:
+        msgs.append(f"{len(one_seed)} configuration(s) have one seed only, so no confidence interval: "
+                    + "; ".join(one_seed) + ". Run at least 3 seeds for published numbers.")
+    return msgs
+
+
+def _slug(*parts: str) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9.=]+", "_", p).strip("_") or "x" for p in parts)
+
+
+def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: bool = True) -> tuple[
+        list[Figure], list[str]]:
+    """Trade-off and bar plot per (profile, task), visual grid per (profile, task, attack)."""
+    if cells.empty:
+        return [], []
+    done = cells[cells["status"] == "done"]
+    jobs = []
+    for (profile, task), g in done.groupby(["profile_label", "task_label"], sort=True):
+        title = f"{task} (profile {profile})"
+        jobs.append(("tradeoff", profile, task, g, title, None))
+        jobs.append(("bars", profile, task, g, title, None))
+    for t in tables:
+        jobs.append(("grid", t.profile, t.task, done, f"{t.task} · {t.attack} (profile {t.profile})", t))
+    out, notes, used = [], [], set()
+    for kind, profile, task, g, title, table in bar(jobs, desc="report: figures", show=progress, unit="fig"):
+        name = _slug(kind, task, *(() if table is None else (table.attack,)), profile)
+        while name in used:
+            name += "_"
+        used.add(name)
+        if kind == "tradeoff":
+            png = plots.tradeoff(g, title)
+            caption = (f"{task}, profile {profile}: teacher PSNR drop against student PSNR drop, one curve per "
+                       "defense over its strengths or budgets, per attack; error bars are 95 % CIs over seeds.")
+        elif kind == "bars":
+            png = plots.bars(g, title)
+            caption = f"{task}, profile {profile}: student PSNR drop per defense and attack (95 % CI over seeds)."
+        else:
+            chosen = grid_mod.chosen_cells(table, g)
+            notes += grid_mod.missing_images(home, chosen, title)
+            png = grid_mod.grid(home, chosen, title)
+            caption = (f"{task}, attack {table.attack}, profile {profile}: one test image through the teacher, the "
+                       "served teacher and the students stolen from each (SR input: bicubic).")
+        out.append(Figure(profile=profile, task=task, kind=kind, caption=caption, filename=f"{name}.png", png=png))
+    return out, notes
+
+
+def build_report(home: Path | str, out: Path | str | None = None, formats: tuple[str, ...] = FORMATS, *,
+                 progress: bool = True) -> Report:
+    """Read the store at ``home`` and write the report in ``formats`` to ``out`` (default ``<home>/report``)."""
+    home = Path(home)
+    out = Path(out) if out is not None else home / "report"
+    cells = cells_mod.load(home)
+    store = str(home / "results.sqlite")
+    tables = leaderboard.build_tables(cells)
+    failed = cells[cells["status"] != "done"] if not cells.empty else cells
+    n_done = int((cells["status"] == "done").sum()) if not cells.empty else 0
+    report = Report(out=out, tables=tables, cells=cells, messages=missing(cells, tables, store))
+    if "plots" in formats or "html" in formats:
+        report.figures, notes = figures(home, cells, tables, progress=progress)
+        report.messages += notes
+
+    def write(name: str, data: bytes) -> None:
+        path = out / name
+        atomic_write_bytes(path, data)
+        path.chmod(0o644)  # a report is for sharing (the atomic temporary file is private)
+        report.files.append(path)
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create the report folder {out}: {exc.strerror}; pass a writable --out DIR.") from None
+    if "md" in formats:
+        write("leaderboard.md", leaderboard.markdown(tables, report.messages, failed, store, n_done).encode())
+    if "latex" in formats:
+        write("leaderboard.tex", latex_mod.latex(tables, report.messages).encode())
+    if "csv" in formats:
+        write("cells.csv", cells_mod.csv_frame(cells).to_csv(index=False).encode())
+    if "plots" in formats:
+        for f in report.figures:
+            write(f"plots/{f.filename}", f.png)
+    if "html" in formats:
+        page = html_mod.page(tables, report.figures, failed, report.messages, store=store, n_done=n_done,
+                             generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        write("report.html", page.encode())
+    return report

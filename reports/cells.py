@@ -1,0 +1,234 @@
+"""The store as a tidy table: one row per cell, with the labels and group ids every report uses.
+
+Reads ``<home>/results.sqlite`` through :meth:`bench.store.Store.dataframe` and adds:
+
+- ``*_id`` columns: canonical JSON of what identifies a task, attack, profile or defense configuration
+  (name, version, params; a task's also the teacher and student models when the user brought their own),
+  so cells are grouped by what they ran, not by their names alone;
+- ``*_label`` columns: the name plus the parameters that vary in this store (``sr (scale=4)``,
+  ``asvp (h=1.5)``), so a reader tells configurations apart without reading JSON;
+- ``budget_db`` (the teacher budget the defense was calibrated to; NaN when it ran at a set strength),
+  ``strength_param`` / ``strength`` (the defense's strength parameter and its value, where the defense
+  is installed and declares one), ``family_id`` (a defense with every parameter but its strength fixed:
+  one curve of the trade-off plot) and ``config_id`` (one row of a leaderboard: the family at one
+  strength, or at one budget when calibrated, where the strength may differ between seeds);
+- ``attack_sees_defense``: False where the attack cannot see the channel the defense touches (a
+  feature-only defense against an output-only attack), so the student is the undefended one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import BenchError
+from bench.cache import canonical_json
+
+#: per-cell metrics the reports aggregate (all in the store's ``metrics`` JSON)
+DROPS = ("teacher_drop_db", "student_drop_db", "student_ssim_drop_pct")
+SCORES = tuple(f"{who}_{m}" for who in ("input", "teacher", "served", "student_ref", "student", "student_gt")
+               for m in ("psnr", "ssim"))
+TIMINGS = ("data_s", "teacher_s", "defense_fit_s", "reference_student_s", "student_s", "score_s")
+
+
+def open_store(home: Path | str) -> Any:
+    """The store at ``home``; a clear error (not a new empty store) where there is none."""
+    from bench.store import Store
+
+    home = Path(home)
+    if not (home / "results.sqlite").is_file():
+        raise BenchError(f"no results store in {home} (no results.sqlite there); run bench run or bench sweep "
+                         "first, or point --home at a store.")
+    return Store(home)
+
+
+def format_value(v: Any) -> str:
+    """A parameter value as a reader writes it: 1.5, middle, [a,b], true."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return v[0] if len(v) == 1 and isinstance(v[0], str) else "[" + ",".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def label(name: str, items: Iterable[tuple[str, Any]]) -> str:
+    items = [f"{k}={format_value(v)}" for k, v in items]
+    return f"{name} ({', '.join(items)})" if items else name
+
+
+def _component(config: Any, part: str) -> dict[str, Any]:
+    c = (config or {}).get(part) if isinstance(config, dict) else None
+    return c if isinstance(c, dict) else {}
+
+
+def _varying_keys(identities: list[dict[str, Any]]) -> list[str]:
+    """Keys (params, plus ``version``) whose values differ among these identities of one plugin name."""
+    flat = [{**(i.get("params") or {}), "version": i.get("version")} for i in identities]
+    keys = sorted(set().union(*flat)) if flat else []
+    return [k for k in keys if len({canonical_json(f.get(k, "<unset>")) for f in flat}) > 1]
+
+
+def _vary_by_name(names: list[str], ids: list[dict[str, Any]], done: list[bool]) -> dict[tuple[str, bool], list[str]]:
+    """Varying keys per (name, is the cell done): finished cells are labelled by what varies among the
+    finished cells of that name, so a failed cell's odd parameter does not lengthen every label; failed
+    cells by what varies among all cells, so they stay distinguishable."""
+    out = {}
+    for n in set(names):
+        every = [i for m, i in zip(names, ids) if m == n]
+        finished = [i for m, i, ok in zip(names, ids, done) if m == n and ok]
+        out[(n, True)] = _varying_keys(finished)
+        out[(n, False)] = _varying_keys(every)
+    return out
+
+
+def _strength_param(name: str) -> str | None:
+    """The defense's declared strength parameter, where the defense is installed (None otherwise)."""
+    from bench.registry import DEFENSES
+
+    try:
+        return getattr(DEFENSES.get(name), "strength", None)
+    except Exception:  # a plugin since uninstalled or broken: the report still works, without curves
+        return None
+
+
+def _attack_access(name: str) -> str | None:
+    from bench.registry import ATTACKS
+
+    try:
+        return getattr(ATTACKS.get(name), "access", None)
+    except Exception:
+        return None
+
+
+def tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    """Store rows (as :meth:`Store.dataframe` gives them) -> the tidy per-cell table described above."""
+    if raw.empty:
+        return pd.DataFrame(columns=["key", "status", "error", "task", "defense", "attack", "seed", "profile"])
+    df = raw.copy()
+    for col in (*DROPS, *SCORES, *TIMINGS, "queries_used", "wall_s"):
+        if col not in df:
+            df[col] = np.nan
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in ("channels", "error"):
+        if col not in df:
+            df[col] = None
+    if "student_shortcut" not in df:
+        df["student_shortcut"] = np.nan
+
+    cfg = df["config"]
+    is_done = (df["status"] == "done").tolist()
+    parts = {p: [_component(c, p) for c in cfg] for p in ("task", "defense", "attack")}
+    profiles = [c.get("profile") if isinstance(c, dict) and isinstance(c.get("profile"), dict) else {}
+                for c in cfg]
+    df["teacher_seed"] = [c.get("teacher_seed") if isinstance(c, dict) else None for c in cfg]
+    budget = [c.get("budget_db") if isinstance(c, dict) else None for c in cfg]
+    if "budget" in df:  # the store's own column, where a sweep fills it
+        budget = [b if b is not None else (None if pd.isna(s) else s) for b, s in zip(budget, df["budget"])]
+    df["budget_db"] = pd.to_numeric(pd.Series(budget, index=df.index, dtype=object), errors="coerce")
+
+    # the models a cell ran on belong to its task: cells on your own teacher are not pooled with the reference
+    models = [{"teacher": _model_label(c, "teacher_model"), "student": _model_label(c, "student_model")} for c in cfg]
+    df["teacher_model"] = [m["teacher"] for m in models]
+    df["student_model"] = [m["student"] for m in models]
+    for part in ("task", "defense", "attack"):
+        names = df[part].tolist()
+        df[f"{part}_params"] = [canonical_json(i.get("params") or {}) for i in parts[part]]
+        ids = parts[part] if part != "task" else [{**i, "params": {**(i.get("params") or {}), **m}}
+                                                   for i, m in zip(parts[part], models)]
+        flat = [{**(i.get("params") or {}), "version": i.get("version")} for i in ids]
+        df[f"{part}_id"] = [canonical_json({"name": n, **f}) for n, f in zip(names, flat)]
+        vary = _vary_by_name(names, ids, is_done)
+        shown = [[(k, f.get(k)) for k in vary[(n, ok)]] for n, f, ok in zip(names, flat, is_done)]
+        if part != "defense":
+            df[f"{part}_label"] = [label(n, items) for n, items in zip(names, shown)]
+            continue
+        strength = {n: _strength_param(n) for n in set(names)}
+        sp = [strength[n] for n in names]
+        df["strength_param"] = sp
+        df["strength"] = [_number(f.get(s)) if s else np.nan for f, s in zip(flat, sp)]
+        fixed = [[(k, v) for k, v in items if k != s] for items, s in zip(shown, sp)]
+        df["defense_base"] = [label(n, items) for n, items in zip(names, fixed)]
+        df["defense_label"] = [label(n, items + ([(s, f[s])] if s in f else []))
+                               for n, items, f, s in zip(names, fixed, flat, sp)]
+        family = [{"name": n, **{k: v for k, v in f.items() if k != s}} for n, f, s in zip(names, flat, sp)]
+        df["family_id"] = [canonical_json(f) for f in family]
+        # calibrated cells of one family and budget are one configuration, whatever strength each seed got
+        df["config_id"] = [canonical_json([fam, float(b)]) if not pd.isna(b) else canonical_json([{"name": n, **f},
+                                                                                                   None])
+                           for fam, b, n, f in zip(family, df["budget_db"], names, flat)]
+    access = {n: _attack_access(n) for n in set(df["attack"])}
+    df["attack_access"] = [access[n] for n in df["attack"]]
+
+    # a profile is compared only with itself: label the overrides where one name has several settings
+    df["profile_id"] = [canonical_json({"name": n, **p}) for n, p in zip(df["profile"], profiles)]
+    pvary = _vary_by_name(df["profile"].tolist(), [{"params": p} for p in profiles], is_done)
+    df["profile_label"] = [label(n, [(k, p.get(k)) for k in pvary[(n, ok)]])
+                           for n, p, ok in zip(df["profile"], profiles, is_done)]
+
+    df["channels"] = [" + ".join(c.split(",")) if isinstance(c, str) and c else "none" for c in df["channels"]]
+    df["attack_sees_defense"] = [_sees(ch, sc) for ch, sc in zip(df["channels"], df["student_shortcut"])]
+    df["calibrated"] = df["budget_db"].notna()
+    return df
+
+
+def _model_label(config: Any, key: str) -> str:
+    """``reference`` (the suite's own architecture), or the user's factory (and weights hash) from
+    ``bench run --teacher/--student``."""
+    m = config.get(key) if isinstance(config, dict) else None
+    if not isinstance(m, dict):
+        return "reference"
+    weights = m.get("weights")
+    return str(m.get("factory")) + (f"@{str(weights)[:8]}" if weights else "")
+
+
+def _number(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+
+
+def _sees(channels: str, shortcut: Any) -> bool:
+    """Whether the attack saw what the defense changes. The pipeline reuses the reference student exactly
+    when it did not (``student_shortcut``); a defense touching nothing (``none``) is the reference itself."""
+    if channels == "none":
+        return True
+    return not (isinstance(shortcut, (bool, np.bool_)) and bool(shortcut))
+
+
+def load(home: Path | str) -> pd.DataFrame:
+    """The tidy per-cell table of the store at ``home``."""
+    return tidy(open_store(home).dataframe())
+
+
+#: columns of the per-cell CSV, in order (the rest of a cell's metrics follow them)
+CSV_FIRST = ("key", "status", "error", "profile", "profile_label", "task", "task_label", "task_params",
+             "teacher_model", "student_model",
+             "defense", "defense_label", "defense_params", "channels", "budget_db", "strength_param",
+             "strength", "attack", "attack_label", "attack_params", "attack_access", "attack_sees_defense",
+             "seed", "teacher_seed", *DROPS, *SCORES, "queries_used", "wall_s", *TIMINGS)
+_CSV_DROP = ("config", "traceback", "task_id", "defense_id", "attack_id", "profile_id", "family_id", "config_id",
+             "defense_base", "budget")
+
+
+def csv_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """Every cell (done and failed) as one tidy CSV row: scalar columns only, parameters as JSON."""
+    if cells.empty:
+        return pd.DataFrame(columns=list(CSV_FIRST))
+    first = [c for c in CSV_FIRST if c in cells]
+    rest = sorted(c for c in cells if c not in first and c not in _CSV_DROP)
+    out = cells[first + rest].copy()
+    return out.sort_values(["profile", "task", "attack", "defense", "seed"], kind="stable")
+
+
+def to_csv(cells: pd.DataFrame, path: Path) -> None:
+    csv_frame(cells).to_csv(path, index=False)
+
+
+def describe_ids(row: pd.Series) -> str:
+    """One line naming a cell for messages: task · defense · attack · profile · seed."""
+    return (f"{row['task_label']} · {row['defense_label']} · {row['attack_label']} · profile "
+            f"{row['profile_label']} · seed {row['seed']}")

@@ -1,0 +1,109 @@
+"""The leaderboard as LaTeX booktabs tables, ready to paste into a paper (needs ``\\usepackage{booktabs}``).
+
+Built here rather than with tabulate's ``latex_booktabs`` because the cells mix escaped names with
+math (``$\\pm$``), which tabulate would escape too. Every name is escaped (:func:`escape`); numbers are
+not. One ``table`` float per (profile, task, attack), with its caption, a ``\\label`` derived from the
+names, each budget group headed by a spanning row (``\\midrule`` between groups) and the table's notes
+below it. Sized (``\\small``, 3 pt column gaps) to fit a one-column article's text width.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reports.leaderboard import ONE_SEED, UNSEEN, Table, row_cells
+
+_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+    "|": r"\textbar{}", "–": "--", "−": "--", "·": r"\textperiodcentered{}", "±": r"$\pm$",
+    ONE_SEED: r"\dag{}", UNSEEN: r"\ddag{}",
+}
+_PATTERN = re.compile("|".join(re.escape(k) for k in _SPECIAL))
+#: PSNR drops to 2 decimals (as restoration papers print PSNR), SSIM drop in % to 1
+DECIMALS = {"teacher": 2, "student": 2, "ssim": 1}
+PREAMBLE = "% antidistill-bench leaderboard. Needs \\usepackage{booktabs} in the preamble.\n"
+
+
+def escape(text: str) -> str:
+    """``text`` as LaTeX prints it literally (specials escaped, a few Unicode signs as LaTeX commands)."""
+    return _PATTERN.sub(lambda m: _SPECIAL[m.group(0)], str(text))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+_SHORT_CHANNELS = {"answers + features": "ans.+feat.", "answers": "ans.", "features": "feat."}
+
+
+def _defense(label: str) -> str:
+    """``name (k=v, ...)`` -> the name, then its parameters in a smaller size (keeps the column narrow)."""
+    name, sep, params = label.partition(" (")
+    return escape(name) + (f" {{\\scriptsize({escape(params)}}}" if sep else "")
+
+
+def _estimate(text: str) -> str:
+    """``mean PM ci`` -> the mean, then the interval in a smaller size; typographic minus signs."""
+    text = text.replace("-", "$-$")
+    if " PM " not in text:
+        return text
+    mean, ci = text.split(" PM ")
+    return f"{mean}{{\\scriptsize\\,$\\pm$\\,{ci}}}"
+
+
+def table_latex(table: Table) -> str:
+    """One booktabs table; budget groups are headed by a spanning row instead of a column (narrower)."""
+    lines = [
+        f"% {escape(table.title)}",
+        r"\begin{table}[htbp]",
+        r"  \centering\small",
+        r"  \setlength{\tabcolsep}{3pt}",
+        f"  \\caption{{Student PSNR drop at equal teacher budget: {escape(table.task)}, attack "
+        f"{escape(table.attack)}, profile {escape(table.profile)}. Mean $\\pm$ 95\\,\\% confidence interval over "
+        r"seeds (Student $t$); SSIM drop: the student's, relative; $n$: seeds. Acts on: the channel the "
+        r"defense changes (ans.: every user's answers; "
+        r"feat.: the features exposed to feature-level attackers).}",
+        f"  \\label{{tab:leaderboard-{_slug(table.task)}-{_slug(table.attack)}-{_slug(table.profile)}}}",
+        r"  \begin{tabular}{rllrrrr}",
+        r"    \toprule",
+        r"    & & & \multicolumn{2}{c}{PSNR drop (dB)} & SSIM & \\",
+        r"    \cmidrule(lr){4-5}",
+        r"    Rank & Defense & Acts on & teacher & student & drop (\%) & $n$ \\",
+        r"    \midrule",
+    ]
+    for i, row in enumerate(table.rows):
+        if i == 0 or row.budget_db != table.rows[i - 1].budget_db:
+            if i:
+                lines.append(r"    \midrule")
+            group = ("uncalibrated (each at its set strength)" if row.budget_db is None
+                     else f"teacher budget {row.budget_text}")
+            lines.append(f"    \\multicolumn{{7}}{{l}}{{\\emph{{{escape(group)}}}}} \\\\")
+        cells = row_cells(row, pm=" PM ", escape=escape, decimals=DECIMALS)
+        cells[0] = escape(cells[0])
+        cells[1] = _defense(row.defense)
+        cells[2] = escape(_SHORT_CHANNELS.get(row.channels, row.channels)) + (
+            "\\," + escape(UNSEEN) if not row.sees else "")
+        cells = cells[:3] + [_estimate(c) for c in cells[4:7]] + [escape(cells[7])]
+        lines.append("    " + " & ".join(cells) + r" \\")
+    lines += [r"    \bottomrule", r"  \end{tabular}"]
+    if table.notes:
+        lines.append(r"  \par\smallskip")
+        lines.append(r"  \begin{minipage}{\linewidth}\footnotesize")
+        lines += [f"  {escape(n)}\\par" for n in table.notes]
+        lines.append(r"  \end{minipage}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def latex(tables: list[Table], messages: list[str]) -> str:
+    parts = [PREAMBLE]
+    parts += ["% " + " ".join(m.split()) + "\n" for m in messages]
+    parts += [table_latex(t) for t in tables]
+    return "\n".join(parts)
+
+
+def standalone(body: str) -> str:
+    """A compilable document around :func:`latex`'s output (for checking that it compiles)."""
+    return ("\\documentclass{article}\n\\usepackage{booktabs}\n"
+            "\\begin{document}\n" + body + "\n\\end{document}\n")

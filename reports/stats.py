@@ -1,0 +1,47 @@
+"""Mean and 95 % confidence interval over seeds (Student t), the one statistic every report shows.
+
+The half-width is ``t(0.975, n - 1) * s / sqrt(n)`` with ``s`` the sample standard deviation
+(``ddof=1``): seeds are few (3 by default), so the normal quantile 1.96 would understate it (the t
+quantile is 4.30 for n = 3). With one seed there is no interval: the half-width is None and the
+report says so rather than printing zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    #: half-width of the 95 % interval; None with fewer than two values
+    ci: float | None
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - (self.ci or 0.0)
+
+    @property
+    def high(self) -> float:
+        return self.mean + (self.ci or 0.0)
+
+
+def mean_ci(values: Iterable[float], level: float = LEVEL) -> Estimate:
+    """Mean and Student-t half-width of the finite values (NaNs, from failed metrics, are left out)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, None, 0)
+    mean = float(x.mean())
+    if n < 2:
+        return Estimate(mean, None, n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Estimate(mean, half, n)
