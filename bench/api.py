@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.data import Splits, bundled_splits
+from bench.data import ALL_TRANSFORMS, Splits, bundled_splits
 from bench.params import NoParams, as_dict
 from bench.profiles import Profile
 from bench.serving import Query, ServedModel
@@ -41,6 +41,8 @@ class Task(Plugin):
     scale: int = 1
     #: PSNR/SSIM on the Y channel (BT.601) instead of RGB
     y_channel: bool = False
+    #: training flips/rotations that keep images in the task's distribution (bench.data.dihedral indices)
+    augment_transforms: tuple[int, ...] = ALL_TRANSFORMS
 
     def __init__(self, params: Any, profile: Profile) -> None:
         self.params = params
@@ -62,7 +64,7 @@ class Task(Plugin):
             key = f"{self.name}:{self.version}:{sorted(as_dict(self.params).items())}"
             self._splits = bundled_splits(
                 key, self.degrade, image_size=self.profile.image_size,
-                variants=self.profile.variants, scale=self.scale,
+                variants=self.profile.variants, scale=self.scale, transforms=self.augment_transforms,
             )
         return self._splits
 

@@ -33,6 +33,11 @@ SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: every flip/rotation; HORIZONTAL_FLIPS keeps "up" up (rain falls down, haze thickens towards the horizon)
+ALL_TRANSFORMS: tuple[int, ...] = tuple(range(8))
+HORIZONTAL_FLIPS: tuple[int, ...] = (0, 4)
+
+
 @dataclass
 class Pool:
     """The (degraded, clean) pairs of one split."""
@@ -42,6 +47,8 @@ class Pool:
     clean: list[torch.Tensor]
     sources: list[str] = field(default_factory=list)
     scale: int = 1
+    #: the flips/rotations (indices of :func:`dihedral`) that keep an image in the task's distribution
+    transforms: tuple[int, ...] = ALL_TRANSFORMS
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -55,7 +62,7 @@ class Pool:
         ``augment``, each pair gets one of the 8 flips/rotations, applied to input and target alike.
         """
         return sample_pair_crops(self.degraded, self.clean, n, crop, generator, scale=self.scale,
-                                 augment=augment)
+                                 augment=self.transforms if augment else ())
 
 
 def sample_pair_crops(
@@ -66,12 +73,14 @@ def sample_pair_crops(
     generator: torch.Generator,
     *,
     scale: int = 1,
-    augment: bool = True,
+    augment: bool | Sequence[int] = True,
     setting: str = "profile.crop",
     extras: Sequence[list[torch.Tensor] | torch.Tensor] = (),
 ) -> Any:
     """Random aligned crops from paired images (the one crop sampler, used by every training loop).
 
+    ``augment``: each crop gets one of these flips/rotations (indices of :func:`dihedral`, drawn
+    uniformly), applied to input and target alike; True means all 8, False none.
     ``setting`` names the profile field that chose ``crop``, for the error when an image is too small.
     ``extras`` are further maps aligned with ``inputs`` (e.g. a teacher's features of each input), each
     ``s`` times the input's size (``s`` a whole number, read from the shapes): they are cropped at the
@@ -79,6 +88,7 @@ def sample_pair_crops(
     a list of crop batches in the order given. The random draws do not depend on ``extras``, so the
     crops are the ones drawn without them.
     """
+    transforms = tuple(ALL_TRANSFORMS if augment is True else () if augment is False else augment)
     in_crop = max(1, crop // scale)
     out_crop = in_crop * scale
     xs, ys = [], []
@@ -99,8 +109,8 @@ def sample_pair_crops(
         xc = x[..., top:top + ch, left:left + cw]
         yc = y[..., top * scale:(top + ch) * scale, left * scale:(left + cw) * scale]
         ecs = [_aligned_crop(e[i], x, top, left, ch, cw) for e in extras]
-        if augment:
-            k = int(torch.randint(8, (1,), generator=generator))
+        if transforms:
+            k = transforms[int(torch.randint(len(transforms), (1,), generator=generator))]
             xc, yc = dihedral(xc, k), dihedral(yc, k)
             ecs = [dihedral(ec, k) for ec in ecs]
         xs.append(xc)
@@ -207,7 +217,8 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 Degrade = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants: int, scale: int = 1) -> Splits:
+def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants: int, scale: int = 1,
+                   transforms: tuple[int, ...] = ALL_TRANSFORMS) -> Splits:
     """The four pools built from the bundled photographs with ``degrade(clean_hw3, rng) -> degraded_hw3``.
 
     Degradations are drawn from a generator seeded by (task_key, source, variant) only, so the pools
@@ -226,5 +237,5 @@ def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants
                 deg.append(to_tensor(np.clip(d, 0.0, 1.0)))
                 clean.append(to_tensor(img))
                 srcs.append(src)
-        pools[split] = Pool(split, deg, clean, srcs, scale)
+        pools[split] = Pool(split, deg, clean, srcs, scale, tuple(transforms))
     return Splits(**pools)

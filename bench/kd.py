@@ -108,23 +108,24 @@ def distill(
     With ``extra_targets`` (e.g. exposed features of each query, a whole multiple of its size), the
     same crops are cut from them too and batches are (inputs, answers, {name: target crops}) instead of
     (inputs, answers); the crops drawn do not depend on them. ``augment``: a random flip/rotation per
-    crop, applied to every part of the batch alike.
+    crop (of those the task allows), applied to every part of the batch alike.
     """
     p = ctx.profile
     scale = ctx.task.scale
     crop = min(p.crop, inputs.shape[-1] * scale, inputs.shape[-2] * scale)
+    transforms = ctx.task.augment_transforms if augment else ()
 
     if extra_targets:
         names = sorted(extra_targets)
         maps = [extra_targets[n] for n in names]
 
         def next_batch(g: torch.Generator):
-            x, y, crops = sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=augment,
+            x, y, crops = sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=transforms,
                                             extras=maps)
             return x, y, dict(zip(names, crops))
     else:
         def next_batch(g: torch.Generator):
-            return sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=augment)
+            return sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=transforms)
 
     return train(student, next_batch, steps=steps, lr=lr, seed=ctx.seed, loss_fn=loss_fn,
                  params=params, desc=desc, progress=ctx.progress)

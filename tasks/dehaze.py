@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.api import Task
+from bench.data import HORIZONTAL_FLIPS
 from bench.params import param
 from bench.synth import check_range, depth_map, draw
 
@@ -43,6 +44,9 @@ class Dehaze(Task):
     """Synthetic haze by the atmospheric scattering model over a synthetic depth map."""
 
     Params = DehazeParams
+    version = "2"
+    # Training augmentation: mirror images only (the scene gets farther (hazier) towards the top).
+    augment_transforms = HORIZONTAL_FLIPS
 
     def degrade(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params

@@ -34,6 +34,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 
 from bench.api import Task
+from bench.data import HORIZONTAL_FLIPS
 from bench.params import param
 from bench.synth import check_range, draw
 
@@ -82,6 +83,9 @@ class Derain(Task):
     """Synthetic rain streaks: sparse drops smeared by a rotated line kernel, screen-blended."""
 
     Params = DerainParams
+    version = "2"
+    # Training augmentation: mirror images only (rain falls down).
+    augment_transforms = HORIZONTAL_FLIPS
 
     def degrade(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params

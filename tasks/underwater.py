@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.api import Task
+from bench.data import HORIZONTAL_FLIPS
 from bench.params import param
 from bench.synth import check_range, depth_map, draw
 
@@ -49,6 +50,9 @@ class Underwater(Task):
     """Wavelength-dependent attenuation plus blue-green backscatter over a synthetic depth map."""
 
     Params = UnderwaterParams
+    version = "2"
+    # Training augmentation: mirror images only (the scene gets farther (bluer) towards the top).
+    augment_transforms = HORIZONTAL_FLIPS
 
     def degrade(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = self.params

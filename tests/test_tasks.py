@@ -315,3 +315,20 @@ def test_folder_errors_smaller_than_crop(tmp_path):
     assert "img01.png" in msg and "--set profile.query_size=16" in msg
     ok = get_profile("smoke", {"crop": "16", "query_size": "16"})
     assert len(folder_task(root, profile=ok).splits().test) == 1
+
+
+def test_crops_only_use_the_flips_the_task_allows():
+    """Derain trains on mirrored crops only: a rotated crop would show horizontal rain."""
+    from bench.data import HORIZONTAL_FLIPS, dihedral, sample_pair_crops
+
+    img = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    allowed = [dihedral(img[0], k) for k in HORIZONTAL_FLIPS]
+    g = torch.Generator().manual_seed(0)
+    x, _ = sample_pair_crops([img[0]], [img[0]], 64, 8, g, augment=HORIZONTAL_FLIPS)
+    seen = {next(i for i, a in enumerate(allowed) if torch.equal(c, a)) for c in x}
+    assert seen == {0, 1}
+    x, _ = sample_pair_crops([img[0]], [img[0]], 64, 8, g, augment=True)
+    assert sum(not any(torch.equal(c, a) for a in allowed) for c in x) > 0
+    cls = TASKS.get("derain")
+    task = cls(bench.params.build(cls.Params, {}, owner="task"), get_profile("smoke"))
+    assert task.splits().owner.transforms == HORIZONTAL_FLIPS
