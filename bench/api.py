@@ -110,6 +110,9 @@ class Defense(Plugin):
 
     #: name of the parameter that sets the defense's strength (for calibration), if any
     strength: ClassVar[str | None] = None
+    #: (value at which the defense costs nothing, a first upper guess) for calibration's bracket; the
+    #: cost must grow with the strength from the first value on. None: (0, the parameter's default).
+    strength_range: ClassVar[tuple[float, float] | None] = None
     #: feature perturbations flow on through the model (answers change) rather than only being exposed
     inline: bool = False
 
@@ -137,6 +140,22 @@ class Defense(Plugin):
 
     def perturb_answers(self, answers: torch.Tensor, query: Query) -> torch.Tensor:
         return answers
+
+    def calibration_identity(self) -> dict[str, Any]:
+        """:meth:`identity` without the strength parameter: what a calibration of this defense is for."""
+        ident = self.identity()
+        if self.strength:
+            ident["params"] = {k: v for k, v in ident["params"].items() if k != self.strength}
+        return ident
+
+    def with_strength(self, value: float, *, seed: int | None = None) -> Defense:
+        """A new defense like this one with its strength parameter set to ``value`` (validated)."""
+        import dataclasses
+
+        if not self.strength:
+            raise ValueError(f"defense '{self.name}' has no strength parameter")
+        params = dataclasses.replace(self.params, **{self.strength: float(value)})
+        return type(self)(params, seed=self.seed if seed is None else seed)
 
     def serve(self, teacher: nn.Module, *, exposed_layers: Sequence[str] = ()) -> ServedModel:
         return ServedModel(self.served_teacher(teacher), self, exposed_layers=exposed_layers,

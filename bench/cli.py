@@ -35,6 +35,9 @@ def _common_cell_args(p: argparse.ArgumentParser) -> None:
                    help="the attacker's student architecture (default: the reference student)")
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.add_argument("--budget", type=float, metavar="DB",
+                   help="run the defense at the strength that costs the teacher DB dB PSNR on the calib split "
+                        "(stored calibration, calibrated first if there is none)")
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -56,7 +59,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
                     defense_params=groups.get("defense", {}), attack_params=groups.get("attack", {}),
                     profile_params=groups.get("profile", {}), teacher_seed=args.teacher_seed,
                     teacher=getattr(args, "teacher", None), weights=getattr(args, "weights", None),
-                    student=getattr(args, "student", None))
+                    student=getattr(args, "student", None), budget_db=args.budget)
 
 
 def format_cell(row: dict[str, Any]) -> str:
@@ -93,6 +96,9 @@ def format_cell(row: dict[str, Any]) -> str:
             notes.append("teacher from --weights")
         else:
             notes.append("teacher cached" if m.get("teacher_cached") else f"teacher trained in {m['teacher_s']:.1f} s")
+    if m.get("strength_param"):
+        notes.append(f"budget {row['budget']:g} dB: {m['strength_param']} = {m['strength']:.4g} "
+                     f"(costs {m['calib_drop_db']:.3f} dB on calib)")
     if m.get("student_shortcut"):
         notes.append("answers unchanged for this attack: defended student = reference student")
     return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + f"\nkey {row['key']}"
@@ -104,6 +110,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     cell = resolve(spec_from_args(args))
     row = run_cell(cell, home=_home(args), force=args.force, progress=True)
     print(format_cell(row))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from bench.cache import Artifacts
+    from bench.calibrate import calibrate
+    from bench.pipeline import get_teacher, resolve
+    from bench.store import Store
+
+    if args.budget is None:
+        raise BenchError("bench calibrate needs --budget DB (the teacher cost to calibrate to, in dB).")
+    if not 0 < args.tol:
+        raise BenchError(f"--tol must be > 0 dB, got {args.tol}.")
+    cell = resolve(spec_from_args(args))
+    store = Store(_home(args))
+    artifacts = Artifacts(store.home)
+    teacher, teacher_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts,
+                                          progress=True, user_model=cell.teacher_model)
+    cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=True, force=args.force,
+                    tol=args.tol)
+    print(f"{cell.task.name} · " + cal.describe(cell.defense.name))
+    if abs(cal.achieved_db - cal.budget_db) > args.tol:
+        print(f"warning: not within {args.tol:g} dB of the budget after {cal.evaluations} evaluations",
+              file=sys.stderr)
     return 0
 
 
@@ -199,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs); shared by all workers")
     p.add_argument("--force", action="store_true", help="recompute every cell, teacher and student once")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("calibrate", help="find and store the defense strength that costs the teacher "
+                                         "--budget dB on the calib split")
+    _common_cell_args(p)
+    p.add_argument("--tol", type=float, default=0.02, metavar="DB",
+                   help="stop when the cost is this close to the budget (default 0.02 dB)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("list", help="list plugins with their parameters")
     p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks"])

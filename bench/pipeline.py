@@ -28,6 +28,7 @@ import bench
 from bench import BenchError, adaptive
 from bench.api import Attack, AttackContext, Defense, FitContext, Task
 from bench.cache import Artifacts, config_key
+from bench.calibrate import calibrated_cell, check_budget
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
 from bench.params import build
@@ -77,9 +78,11 @@ class Cell:
     student_model: UserModel | None = None
 
     def config(self) -> dict[str, Any]:
+        # with a budget the strength is the calibration's, so the key holds the budget instead
+        budgeted = self.spec.budget_db is not None
         config = {
             "task": self.task.identity(),
-            "defense": self.defense.identity(),
+            "defense": self.defense.calibration_identity() if budgeted else self.defense.identity(),
             "attack": self.attack.identity(),
             "seed": self.spec.seed,
             "teacher_seed": self.spec.teacher_seed,
@@ -114,11 +117,10 @@ def resolve(spec: CellSpec) -> Cell:
     """Instantiate and validate every part of a cell (fails fast, before any training)."""
     if spec.seed < 0 or spec.teacher_seed < 0:
         raise BenchError("seeds must be >= 0.")
-    if spec.budget_db is not None:
-        raise BenchError("calibrated budgets (budget_db) are not available yet; set the strength with --set.")
     profile = get_profile(spec.profile, spec.profile_params)
     task = make_plugin(TASKS, spec.task, spec.task_params, profile=profile)
     defense = make_plugin(DEFENSES, spec.defense, spec.defense_params, seed=spec.seed)
+    check_budget(defense, spec.budget_db, spec.defense_params)
     attack = make_plugin(ATTACKS, spec.attack, spec.attack_params, seed=spec.seed)
     if spec.weights and not spec.teacher:
         raise BenchError("--weights needs --teacher PACKAGE.MODULE:FACTORY (the model the weights are for).")
@@ -350,10 +352,10 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
     row: dict[str, Any] = {
         "key": key, "task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack,
         "seed": cell.spec.seed, "profile": cell.profile.name, "config": cell.config(),
-        "versions": versions(), "started": started,
+        "versions": versions(), "started": started, "budget": cell.spec.budget_db,
     }
     try:
-        metrics = _run(cell, artifacts, progress=progress, force=force)
+        metrics = _run(cell, artifacts, store, progress=progress, force=force)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -369,8 +371,8 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
     return row
 
 
-def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> dict[str, Any]:
-    task, profile, defense, attack = cell.task, cell.profile, cell.defense, cell.attack
+def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, force: bool) -> dict[str, Any]:
+    task, profile, attack = cell.task, cell.profile, cell.attack
     timings: dict[str, float] = {}
     t = time.perf_counter()
     splits = task.splits()
@@ -382,6 +384,12 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
                                                 progress=progress, force=force,
                                                 user_model=cell.teacher_model)
     timings["teacher_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cell, calibration = calibrated_cell(cell, teacher, teacher_key, artifacts, store, progress=progress,
+                                        force=force)
+    defense = cell.defense
+    timings["calibrate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     fit_defense(cell, teacher, teacher_key, artifacts, progress=progress, force=force)
@@ -440,5 +448,10 @@ def _run(cell: Cell, artifacts: Artifacts, *, progress: bool, force: bool) -> di
     metrics["student_shortcut"] = shortcut
     metrics["teacher_cached"] = not trained
     metrics["teacher_key"] = teacher_key
+    if calibration is not None:
+        metrics["strength_param"] = calibration.parameter
+        metrics["strength"] = calibration.value
+        metrics["calib_drop_db"] = calibration.achieved_db
+        metrics["calibration_key"] = calibration.key
     metrics.update(timings)
     return metrics

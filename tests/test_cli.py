@@ -14,7 +14,7 @@ def run(capsys, *argv):
 
 
 @pytest.mark.parametrize("task", ["sr", "lowlight", "underwater", "dehaze", "derain"])
-@pytest.mark.parametrize("defense", ["none", "asvp"])
+@pytest.mark.parametrize("defense", ["none", "asvp", "output_noise", "mad", "nasty_teacher"])
 def test_smoke_run_prints_the_result_table(capsys, shared_home, task, defense):
     code, out, err = run(capsys, "run", "--task", task, "--defense", defense, "--profile", "smoke",
                          "--home", str(shared_home))
@@ -22,6 +22,38 @@ def test_smoke_run_prints_the_result_table(capsys, shared_home, task, defense):
     for label in ("teacher", "served teacher", "student (undefended)", "student (defended)",
                   "teacher_drop_db", "student_drop_db", "student_ssim_drop_pct"):
         assert label in out
+
+
+@pytest.mark.parametrize("sets, want", [
+    (["mode=exposed"], {"mode": "exposed"}),
+    (["layout=spatial"], {"layout": "spatial"}),
+    (["k_mode=fixed", "k=2"], {"k_mode": "fixed", "k": 2}),
+    (["k_mode=energy", "tau=0.5", "k_max=3"], {"k_mode": "energy", "tau": 0.5, "k_max": 3}),
+    (["h=2.5"], {"h": 2.5}),
+    (["coherence=false"], {"coherence": False}),
+    (["coherence=true", "rho=0.2"], {"coherence": True, "rho": 0.2}),
+    (["layers=body.0,middle"], {"layers": ("body.0", "middle")}),
+])
+def test_asvp_ablations_are_reachable_with_set(sets, want):
+    from bench.cli import build_parser, spec_from_args
+    from bench.pipeline import resolve
+
+    argv = ["run", "--task", "derain", "--defense", "asvp"]
+    for item in sets:
+        argv += ["--set", f"defense.{item}"]
+    params = resolve(spec_from_args(build_parser().parse_args(argv))).defense.params
+    for key, value in want.items():
+        assert getattr(params, key) == value
+
+
+def test_asvp_ablations_combined_run_on_smoke(capsys, shared_home):
+    sets = ["layout=spatial", "k_mode=fixed", "k=2", "coherence=false", "h=3", "layers=body.0"]
+    argv = ["run", "--task", "derain", "--defense", "asvp", "--profile", "smoke", "--home", str(shared_home)]
+    for item in sets:
+        argv += ["--set", f"defense.{item}"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "channels touched: answers,features" in out
 
 
 def test_folder_task_runs_on_user_pairs(capsys, tmp_path):

@@ -1,0 +1,252 @@
+"""Calibration: the strength at which a defense costs the teacher a given number of dB (DESIGN section 2,
+"Equal cost").
+
+``bench calibrate --task T --defense D --budget B`` finds the value of the defense's strength parameter
+(``Defense.strength``) at which the *served* teacher's mean PSNR on the ``calib`` split (never ``test``)
+is B dB below the undefended teacher's, prints it and stores it; ``bench run ... --budget B`` (a cell
+with ``CellSpec.budget_db``) runs the defense at the stored value, calibrating first when none is stored.
+
+The search (:func:`find_strength`): the cost is taken to be 0 at the first value of
+``Defense.strength_range`` (where the defense is the identity) and to grow with the strength. The
+bracket's upper end starts at the range's second value and doubles (its distance from the identity
+value) until the cost reaches B. When it cannot, that is a clear error: after 12 doublings, or when two
+doublings in a row each close less than a tenth of the remaining gap (the cost saturates below B).
+Then false-position steps with the Illinois modification (a bracketing bisection that interpolates
+instead of halving, so a smooth cost converges in a few evaluations) narrow the bracket until the cost
+is within ``tol_db`` of B (default 0.02 dB) or ``max_evals`` evaluations (default 12, the bracketing
+ones included) are spent; the evaluated value closest to B is kept and its cost is stored beside it
+(``achieved_db``).
+
+One evaluation serves the teacher through the defense at that strength and scores the calib images:
+runtime defenses take a fraction of a second each. A training-time defense (nasty teacher) trains its
+changed teacher for each strength tried; every one is cached by its own config, so a repeated or
+neighbouring calibration (another budget) retrains only strengths not tried before.
+
+The calibration key holds the teacher's key, the defense's identity without its strength parameter,
+the budget, the calib data (the task's name and a digest of the calib images), the profile and the
+seed. A stored calibration is used when it lies within the requested tolerance of the budget (so one
+made with a tighter ``--tol`` serves every later run); otherwise it is recomputed and replaced.
+
+Calibrations run the defense with seed 0 (``CALIBRATION_SEED``), whatever the cell seed: a strength
+is a property of the defense, shared by every seed of a grid; the cost of a stochastic defense at a
+given strength differs between seeds only by its noise realisation on the calib images.
+
+Budgets for defenses that cannot be calibrated are errors, never silently ignored: a defense without a
+strength parameter (``none``), or one that touches no answers (``asvp`` with ``mode=exposed``: its
+teacher cost is 0 at every strength).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from bench import BenchError
+from bench.api import Defense
+from bench.cache import Artifacts, config_key
+from bench.data import Pool
+from bench.progress import bar
+
+if TYPE_CHECKING:
+    from bench.pipeline import Cell
+    from bench.store import Store
+
+CALIBRATION_RECIPE = "1"  # bump when the search or the cost measurement changes
+CALIBRATION_SEED = 0
+DEFAULT_TOL_DB = 0.02
+DEFAULT_MAX_EVALS = 12
+MAX_DOUBLINGS = 12
+
+
+@dataclass
+class Calibration:
+    key: str
+    parameter: str
+    value: float
+    budget_db: float
+    achieved_db: float
+    evaluations: int
+    cached: bool
+    trace: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+
+    def describe(self, defense: str) -> str:
+        how = "from the store" if self.cached else f"{self.evaluations} evaluations"
+        return (f"{defense}: {self.parameter} = {self.value:.6g} costs the teacher {self.achieved_db:.3f} dB "
+                f"PSNR on calib (budget {self.budget_db:g} dB; {how}; key {self.key})")
+
+
+# ---------------------------------------------------------------------------------------- checks
+def check_budget(defense: Defense, budget_db: float | None, overrides: dict[str, Any]) -> None:
+    """Fail fast (before any training) when a budget cannot be calibrated for ``defense``."""
+    if budget_db is None:
+        return
+    name = defense.name
+    if not (math.isfinite(budget_db) and budget_db > 0):
+        raise BenchError(f"--budget must be a positive number of dB, got {budget_db}.")
+    if not defense.strength:
+        raise BenchError(f"defense '{name}' has no strength parameter, so a budget cannot be calibrated "
+                         "for it; run it without --budget.")
+    if defense.strength not in {f.name for f in dataclasses.fields(defense.params)}:
+        raise BenchError(f"defense '{name}' names strength '{defense.strength}', which is not one of its "
+                         "parameters; fix the plugin's `strength`.")
+    if defense.strength in overrides:
+        raise BenchError(f"--budget sets defense.{defense.strength} by calibration; drop "
+                         f"--set defense.{defense.strength}=... or drop --budget.")
+    if "answers" not in defense.channels():
+        raise BenchError(f"defense '{name}' with these parameters touches no answers, so it costs the teacher "
+                         "nothing at any strength and a budget cannot be met; run it without --budget.")
+
+
+def strength_bracket(defense: Defense) -> tuple[float, float]:
+    """(identity value, first upper guess) of the strength: the plugin's ``strength_range``, else
+    (0, the parameter's default, or 1 if that is not positive)."""
+    rng = getattr(defense, "strength_range", None)
+    if rng is not None:
+        lo, hi = float(rng[0]), float(rng[1])
+    else:
+        default = next(f.default for f in dataclasses.fields(defense.params) if f.name == defense.strength)
+        lo = 0.0
+        hi = float(default) if isinstance(default, (int, float)) and default > 0 else 1.0
+    if not hi > lo:
+        raise BenchError(f"defense '{defense.name}': strength_range must be (identity, larger guess), "
+                         f"got {(lo, hi)}.")
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------- search
+def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: float, *,
+                  tol: float = DEFAULT_TOL_DB, max_evals: int = DEFAULT_MAX_EVALS,
+                  what: str = "the defense") -> tuple[float, float, list[tuple[float, float]]]:
+    """The strength s with cost(s) within ``tol`` of ``budget``: (s, cost(s), [(s_i, cost_i) tried]).
+
+    ``cost(lo)`` is taken as 0 (not evaluated); the bracket's upper end doubles its distance from ``lo``
+    until the cost reaches the budget, then Illinois false-position steps narrow it."""
+    trace: list[tuple[float, float]] = []
+
+    def f(s: float) -> float:
+        c = float(cost(s))
+        if not math.isfinite(c):
+            raise BenchError(f"{what} gave a non-finite teacher cost ({c}) at strength {s:g}.")
+        trace.append((s, c))
+        return c
+
+    def best() -> tuple[float, float]:
+        return min(trace, key=lambda t: abs(t[1] - budget))
+
+    identity = lo
+    f_lo, f_hi = 0.0, f(hi)
+    doublings = stalled = 0
+    while f_hi < budget:
+        if doublings >= MAX_DOUBLINGS or stalled >= 2:
+            raise BenchError(f"{what} costs the teacher only {f_hi:.3f} dB on calib at strength {hi:g} "
+                             f"({'saturated' if stalled >= 2 else 'the largest tried'}), less than the budget "
+                             f"{budget:g} dB; use a smaller budget or loosen its other parameters.")
+        lo, f_lo = hi, f_hi
+        hi = identity + 2 * (hi - identity)
+        f_hi = f(hi)
+        doublings += 1
+        # a doubling that closes under a tenth of the remaining gap: the cost is levelling off
+        stalled = stalled + 1 if f_hi - f_lo < 0.1 * (budget - f_lo) else 0
+    side = 0  # which end was kept last time (Illinois: halve the stale end's value when kept twice)
+    g_lo, g_hi = f_lo - budget, f_hi - budget
+    while abs(best()[1] - budget) > tol and len(trace) < max_evals:
+        s = hi - g_hi * (hi - lo) / (g_hi - g_lo) if g_hi != g_lo else 0.5 * (lo + hi)
+        if not lo < s < hi:
+            s = 0.5 * (lo + hi)
+        g = f(s) - budget
+        if g < 0:
+            lo, g_lo = s, g
+            if side == -1:
+                g_hi *= 0.5
+            side = -1
+        else:
+            hi, g_hi = s, g
+            if side == 1:
+                g_lo *= 0.5
+            side = 1
+        if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+            break
+    s, c = best()
+    return s, c, trace
+
+
+# ------------------------------------------------------------------------------------ measurement
+def pool_digest(pool: Pool) -> str:
+    """A digest of a pool's images (degraded and clean), so a calibration follows its data."""
+    h = hashlib.blake2b(digest_size=12)
+    for t in list(pool.degraded) + list(pool.clean):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def calibration_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
+    profile = {k: v for k, v in dataclasses.asdict(cell.profile).items() if k != "name"}
+    return {"kind": "calibration", "recipe": CALIBRATION_RECIPE, "teacher": teacher_key,
+            "defense": cell.defense.calibration_identity(), "budget_db": float(cell.spec.budget_db),
+            "calib": {"task": cell.task.name, "digest": pool_digest(cell.task.splits().calib)},
+            "profile": profile, "seed": CALIBRATION_SEED}
+
+
+def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, store: Store, *,
+              progress: bool = True, force: bool = False, tol: float = DEFAULT_TOL_DB,
+              max_evals: int = DEFAULT_MAX_EVALS) -> Calibration:
+    """The stored calibration of ``cell``'s defense at ``cell.spec.budget_db``, computed now if there is
+    none (or ``force``)."""
+    from bench.pipeline import evaluate, fit_defense
+
+    defense, task = cell.defense, cell.task
+    budget = cell.spec.budget_db
+    check_budget(defense, budget, {})
+    config = calibration_config(cell, teacher_key)
+    key = config_key(config)
+    if not force:
+        row = store.get_calibration(key)
+        if row is not None and abs(float(row["achieved_db"]) - budget) <= tol:
+            return Calibration(key, row["parameter"], float(row["value"]), float(row["budget_db"]),
+                               float(row["achieved_db"]), int(row["config"].get("evaluations", 0)), True,
+                               [tuple(t) for t in row["config"].get("trace", [])])
+    calib = task.splits().calib
+    reference = evaluate(teacher, calib, task)["psnr"]
+    lo, hi = strength_bracket(defense)
+    label = f"calibrating {defense.name}.{defense.strength} to {budget:g} dB"
+    with bar(total=max_evals, desc=label, show=progress, unit="eval") as pbar:
+        def cost(s: float) -> float:
+            trial = defense.with_strength(s, seed=CALIBRATION_SEED)
+            fit_defense(dataclasses.replace(cell, defense=trial), teacher, teacher_key, artifacts,
+                        progress=progress)
+            with trial.serve(teacher) as served:
+                c = reference - evaluate(served, calib, task)["psnr"]
+            pbar.set_postfix({defense.strength: f"{s:.4g}", "cost_db": f"{c:.3f}"}, refresh=False)
+            pbar.update(1)
+            return c
+
+        value, achieved, trace = find_strength(cost, budget, lo, hi, tol=tol, max_evals=max_evals,
+                                               what=f"defense '{defense.name}'")
+    result = Calibration(key, defense.strength, value, float(budget), achieved, len(trace), False, trace)
+    store.put_calibration({
+        "key": key, "task": task.name, "defense": defense.name, "budget_db": float(budget),
+        "parameter": defense.strength, "value": value, "achieved_db": achieved, "created": time.time(),
+        "config": {**config, "tol_db": tol, "teacher_calib_psnr": reference, "evaluations": len(trace),
+                   "trace": trace},
+    })
+    return result
+
+
+def calibrated_cell(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, store: Store, *,
+                    progress: bool = True, force: bool = False) -> tuple[Cell, Calibration | None]:
+    """The pipeline's calibration stage: ``cell`` with its defense at the calibrated strength (the cell
+    itself when it has no budget). Its key is unchanged: a budgeted cell's key holds the budget, not the
+    strength."""
+    if cell.spec.budget_db is None:
+        return cell, None
+    cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=progress, force=force)
+    return dataclasses.replace(cell, defense=cell.defense.with_strength(cal.value)), cal

@@ -1,0 +1,136 @@
+"""Calibration to equal teacher cost: the search, landing on the budget on calib, the store, budgeted cells."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from bench import BenchError
+from bench.cache import Artifacts
+from bench.calibrate import calibrate, find_strength
+from bench.cli import main
+from bench.pipeline import CellSpec, evaluate, fit_defense, get_teacher, resolve, run_cell
+from bench.store import Store
+
+
+# ------------------------------------------------------------------------------------------- search
+@pytest.mark.parametrize("budget", [0.1, 0.5, 1.0, 3.0])
+def test_find_strength_lands_within_tolerance_in_few_evaluations(budget):
+    calls = []
+
+    def cost(s):  # a noise-like cost: 10 log10(1 + (s / s0)^2), identity at 0
+        calls.append(s)
+        return 10 * math.log10(1 + (s / 0.013) ** 2)
+
+    s, c, trace = find_strength(cost, budget, 0.0, 0.02, tol=0.01)
+    assert abs(c - budget) <= 0.01 and abs(cost(s) - budget) <= 0.01
+    assert 0.0 not in calls[:-1]  # the identity end is never evaluated
+    assert len(trace) <= 8
+
+
+def test_find_strength_reports_a_cost_that_saturates_below_the_budget():
+    evaluations = []
+
+    def cost(s):
+        evaluations.append(s)
+        return 0.3 * (1 - math.exp(-s))
+
+    with pytest.raises(BenchError, match="saturated"):
+        find_strength(cost, 0.5, 0.0, 1.0, what="defense 'x'")
+    assert len(evaluations) <= 6
+
+
+# ----------------------------------------------------------------------------------- on the smoke task
+@pytest.fixture(scope="module")
+def teacher(shared_home):
+    cell = resolve(CellSpec(task="derain", profile="smoke"))
+    artifacts = Artifacts(shared_home)
+    model, key, _ = get_teacher(cell.task, cell.profile, 0, artifacts, progress=False)
+    return artifacts, model, key
+
+
+@pytest.mark.parametrize("name, params", [("output_noise", {}), ("mad", {}), ("asvp", {"coherence": "false"}),
+                                          ("output_noise", {"distribution": "uniform"})])
+def test_calibration_lands_on_the_budget_on_calib_without_touching_test(teacher, tmp_path, name, params):
+    artifacts, model, key = teacher
+    budget = 0.5
+    cell = resolve(CellSpec(task="derain", defense=name, profile="smoke", defense_params=params, budget_db=budget))
+    splits = cell.task.splits()
+    test_pool, splits.test = splits.test, None  # calibration must never look at the test split
+    try:
+        cal = calibrate(cell, model, key, artifacts, Store(tmp_path), progress=False)
+    finally:
+        splits.test = test_pool
+    assert not cal.cached and abs(cal.achieved_db - budget) <= 0.02
+    # measured again, independently, at the stored strength
+    trial = cell.defense.with_strength(cal.value, seed=0)
+    fit_defense(dataclasses.replace(cell, defense=trial), model, key, artifacts, progress=False)
+    with trial.serve(model) as served:
+        cost = evaluate(model, splits.calib, cell.task)["psnr"] - evaluate(served, splits.calib, cell.task)["psnr"]
+    assert abs(cost - budget) <= 0.05
+
+
+def test_calibration_is_stored_reused_and_keyed_by_budget_and_defense(teacher, tmp_path):
+    artifacts, model, key = teacher
+    store = Store(tmp_path)
+
+    def cal(budget, **params):
+        cell = resolve(CellSpec(task="derain", defense="output_noise", profile="smoke", budget_db=budget,
+                                defense_params=params))
+        return calibrate(cell, model, key, artifacts, store, progress=False)
+
+    first, again = cal(0.3), cal(0.3)
+    assert again.cached and again.value == first.value and again.key == first.key
+    assert store.get_calibration(first.key)["value"] == first.value
+    other = cal(0.6)
+    assert other.key != first.key and other.value > first.value
+    assert cal(0.3, distribution="uniform").key != first.key
+
+
+def test_budgeted_cell_runs_at_the_calibrated_strength(shared_home):
+    spec = CellSpec(task="derain", defense="output_noise", profile="smoke", budget_db=0.4)
+    row = run_cell(spec, home=shared_home, progress=False)
+    m = row["metrics"]
+    stored = Store(shared_home).get_calibration(m["calibration_key"])
+    assert m["strength_param"] == "sigma" and m["strength"] == stored["value"]
+    assert abs(m["calib_drop_db"] - 0.4) <= 0.02
+    assert row["budget"] == 0.4 and row["config"]["budget_db"] == 0.4
+    assert "sigma" not in row["config"]["defense"]["params"]  # the key holds the budget, not a strength
+    assert resolve(dataclasses.replace(spec, budget_db=0.5)).key != resolve(spec).key
+    assert resolve(spec).key != resolve(dataclasses.replace(spec, budget_db=None)).key
+
+
+@pytest.mark.parametrize("spec, words", [
+    (dict(defense="none", budget_db=0.5), ["no strength parameter", "without --budget"]),
+    (dict(defense="asvp", budget_db=0.5, defense_params={"mode": "exposed"}), ["touches no answers"]),
+    (dict(defense="output_noise", budget_db=0.5, defense_params={"sigma": "0.1"}), ["defense.sigma"]),
+    (dict(defense="output_noise", budget_db=0.0), ["positive"]),
+    (dict(defense="output_noise", budget_db=float("nan")), ["positive"]),
+])
+def test_budgets_that_cannot_be_calibrated_fail_before_any_training(spec, words):
+    with pytest.raises(BenchError) as err:
+        resolve(CellSpec(task="derain", profile="smoke", **spec))
+    for w in words:
+        assert w in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def test_cli_calibrate_prints_and_stores_then_run_uses_it(capsys, shared_home):
+    argv = ["--task", "derain", "--defense", "output_noise", "--profile", "smoke", "--home", str(shared_home),
+            "--budget", "0.25"]
+    assert main(["calibrate", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "sigma = " in out and "budget 0.25 dB" in out and "on calib" in out
+    assert main(["calibrate", *argv]) == 0
+    assert "from the store" in capsys.readouterr().out
+    assert main(["run", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "budget 0.25 dB: sigma = " in out and "teacher_drop_db" in out
+
+
+def test_cli_calibrate_needs_a_budget(capsys, tmp_path):
+    code = main(["calibrate", "--task", "derain", "--defense", "output_noise", "--home", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--budget" in err and err.count("\n") == 1
