@@ -7,7 +7,9 @@ is B dB below the undefended teacher's, prints it and stores it; ``bench run ...
 with ``CellSpec.budget_db``) runs the defense at the stored value, calibrating first when none is stored.
 
 The search (:func:`find_strength`): the cost is taken to be 0 at the first value of
-``Defense.strength_range`` (where the defense is the identity) and to grow with the strength. The
+``Defense.strength_range`` (where the defense is the identity) and to grow with the strength. (A plugin
+that declares no range gets (0, the parameter's default); its cost at 0 is then measured first, and a
+clear error asks for ``strength_range`` when it is not 0.) The
 bracket's upper end starts at the range's second value and doubles (its distance from the identity
 value) until the cost reaches B. When it cannot, that is a clear error: after 12 doublings, or when two
 doublings in a row each close less than a tenth of the remaining gap (the cost saturates below B).
@@ -23,9 +25,10 @@ changed teacher for each strength tried; every one is cached by its own config, 
 neighbouring calibration (another budget) retrains only strengths not tried before.
 
 The calibration key holds the teacher's key, the defense's identity without its strength parameter,
-the budget, the calib data (the task's name and a digest of the calib images), the profile and the
-seed. A stored calibration is used when it lies within the requested tolerance of the budget (so one
-made with a tighter ``--tol`` serves every later run); otherwise it is recomputed and replaced.
+the budget, the calib data (the task's name and a digest of the calib images), the search's starting
+bracket, the profile and the seed. A stored calibration is used when it lies within the requested
+tolerance of the budget (so one made with a tighter ``--tol`` serves every later run); otherwise it is
+recomputed and replaced.
 
 Calibrations run the defense with seed 0 (``CALIBRATION_SEED``), whatever the cell seed: a strength
 is a property of the defense, shared by every seed of a grid; the cost of a stochastic defense at a
@@ -105,9 +108,9 @@ def check_budget(defense: Defense, budget_db: float | None, overrides: dict[str,
                          "nothing at any strength and a budget cannot be met; run it without --budget.")
 
 
-def strength_bracket(defense: Defense) -> tuple[float, float]:
-    """(identity value, first upper guess) of the strength: the plugin's ``strength_range``, else
-    (0, the parameter's default, or 1 if that is not positive)."""
+def strength_bracket(defense: Defense) -> tuple[float, float, bool]:
+    """(identity value, first upper guess, whether the plugin declared them) of the strength: the
+    plugin's ``strength_range``, else (0, the parameter's default, or 1 if that is not positive)."""
     rng = getattr(defense, "strength_range", None)
     if rng is not None:
         lo, hi = float(rng[0]), float(rng[1])
@@ -118,7 +121,7 @@ def strength_bracket(defense: Defense) -> tuple[float, float]:
     if not hi > lo:
         raise BenchError(f"defense '{defense.name}': strength_range must be (identity, larger guess), "
                          f"got {(lo, hi)}.")
-    return lo, hi
+    return lo, hi, rng is not None
 
 
 # ---------------------------------------------------------------------------------------- search
@@ -193,7 +196,7 @@ def calibration_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
     return {"kind": "calibration", "recipe": CALIBRATION_RECIPE, "teacher": teacher_key,
             "defense": cell.defense.calibration_identity(), "budget_db": float(cell.spec.budget_db),
             "calib": {"task": cell.task.name, "digest": pool_digest(cell.task.splits().calib)},
-            "profile": profile, "seed": CALIBRATION_SEED}
+            "bracket": list(strength_bracket(cell.defense)[:2]), "profile": profile, "seed": CALIBRATION_SEED}
 
 
 def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, store: Store, *,
@@ -216,7 +219,7 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
                                [tuple(t) for t in row["config"].get("trace", [])])
     calib = task.splits().calib
     reference = evaluate(teacher, calib, task)["psnr"]
-    lo, hi = strength_bracket(defense)
+    lo, hi, declared = strength_bracket(defense)
     label = f"calibrating {defense.name}.{defense.strength} to {budget:g} dB"
     with bar(total=max_evals, desc=label, show=progress, unit="eval") as pbar:
         def cost(s: float) -> float:
@@ -229,6 +232,12 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
             pbar.update(1)
             return c
 
+        if not declared:  # a guessed identity value: check it costs nothing before trusting it
+            c0 = cost(lo)
+            if abs(c0) > tol:
+                raise BenchError(f"defense '{defense.name}' costs the teacher {c0:.3f} dB at {defense.strength}="
+                                 f"{lo:g}, so that is not its no-cost value; declare strength_range = (no-cost "
+                                 "value, first upper guess) on the plugin.")
         value, achieved, trace = find_strength(cost, budget, lo, hi, tol=tol, max_evals=max_evals,
                                                what=f"defense '{defense.name}'")
     result = Calibration(key, defense.strength, value, float(budget), achieved, len(trace), False, trace)

@@ -337,6 +337,7 @@ class ASVP(Defense):
 
     Params: ClassVar[type] = Params
     strength: ClassVar[str | None] = "h"
+    strength_range: ClassVar[tuple[float, float] | None] = (1.0, 2.0)  # h = 1 is the identity
     version: ClassVar[str] = "1"
 
     @property

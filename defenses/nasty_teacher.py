@@ -36,6 +36,13 @@ Adapted to restoration (DESIGN section 6); what the paper leaves open or the set
   crops with flips/rotations, a fixed data seed. The teacher's features are captured by forward hooks
   during training only; serving goes through the shared :class:`bench.serving.ServedModel`, which exposes
   the nasty teacher's features like any other model's.
+- The teacher-cost budget on the owner data (``owner_budget_db`` > 0; the paper keeps the nasty
+  teacher's accuracy only through its loss): when the fine-tuned copy's mean PSNR on the ``owner`` images
+  is more than that below the teacher's, its weights are pulled back along the straight line towards the
+  teacher's, to the furthest point (bisection, 10 halvings) whose owner PSNR loss is within the budget.
+  Fine-tuning from the teacher keeps the two in one basin, so that line is a smooth path. Off by default:
+  in dB, a given deviation costs more on the owner images (where the teacher is best) than on ``calib``,
+  so a budget there can cap what calibration on ``calib`` is able to reach.
 - Its cost to honest users is measured, not bounded: calibration finds the omega at which the served
   nasty teacher loses the budgeted dB on ``calib``; each omega tried is one cached training run.
 """
@@ -53,8 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError
-from bench.api import Defense, FitContext
-from bench.data import Splits, stable_seed
+from bench.api import Defense, FitContext, Task
+from bench.data import Pool, Splits, stable_seed
+from bench.metrics import psnr
 from bench.models import body_layers, middle_layers
 from bench.params import as_dict, param
 from bench.profiles import TEACHER_FIELDS, subset
@@ -74,6 +82,8 @@ class Params:
     blur_sigma: float = param(1.0, "Gaussian sigma (px) of the low-pass whose residual is the high frequency")
     steps: int = param(0, "fine-tuning steps (0: the profile's teacher_steps // 8)")
     lr: float = param(0.0, "fine-tuning learning rate (0: the profile's teacher_lr / 4)")
+    owner_budget_db: float = param(0.0, "teacher-cost budget on the owner data (dB PSNR); a copy that loses "
+                                        "more is pulled back towards the teacher until it fits (0: none)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.omega < float("inf"):
@@ -88,6 +98,8 @@ class Params:
                 raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
         if self.steps < 0 or self.lr < 0:
             raise ValueError("steps and lr must be >= 0")
+        if not 0.0 <= self.owner_budget_db < float("inf"):
+            raise ValueError(f"owner_budget_db must be finite and >= 0, got {self.owner_budget_db}")
 
 
 def high_pass(z: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -125,6 +137,44 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
             resolve_module(model, name)  # a clear error for unknown names
             out.append(name)
     return list(dict.fromkeys(out))
+
+
+@torch.no_grad()
+def mean_psnr(model: nn.Module, pool: Pool, task: Task) -> float:
+    """Mean PSNR of ``model`` over the pool's images, in the task's metric convention."""
+    scores = [psnr(model(x[None]).clamp(0, 1), y[None], y_channel=task.y_channel, shave=task.shave)
+              for x, y in zip(pool.degraded, pool.clean)]
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def pull_back(model: nn.Module, teacher: nn.Module, pool: Pool, task: Task, budget_db: float,
+              halvings: int = 10) -> tuple[float, float]:
+    """Move ``model``'s weights towards ``teacher``'s until its PSNR loss on ``pool`` is within ``budget_db``:
+    theta = theta_t + alpha (theta_n - theta_t), the largest alpha in [0, 1] found by bisection.
+    Returns (alpha, PSNR loss at alpha)."""
+    reference = mean_psnr(teacher, pool, task)
+    drop = reference - mean_psnr(model, pool, task)
+    if drop <= budget_db:
+        return 1.0, drop
+    nasty = {k: v.clone() for k, v in model.state_dict().items()}
+    base = teacher.state_dict()
+
+    def place(alpha: float) -> float:
+        model.load_state_dict({k: base[k] + alpha * (v - base[k]) if v.is_floating_point() else v
+                               for k, v in nasty.items()})
+        return reference - mean_psnr(model, pool, task)
+
+    lo, lo_drop, hi = 0.0, 0.0, 1.0  # the teacher itself (alpha = 0) costs nothing
+    for _ in range(halvings):
+        mid = 0.5 * (lo + hi)
+        d = place(mid)
+        if d <= budget_db:
+            lo, lo_drop = mid, d
+        else:
+            hi = mid
+    place(lo)
+    return lo, lo_drop
 
 
 class _Capture:
@@ -210,7 +260,11 @@ class NastyTeacher(Defense):
             finally:
                 cap_n.close()
                 cap_t.close()
-            return {"final_loss": losses[-1] if losses else None}
+            info: dict[str, Any] = {"final_loss": losses[-1] if losses else None}
+            if p.owner_budget_db > 0:
+                alpha, drop = pull_back(model.eval(), frozen, owner, ctx.task, p.owner_budget_db)
+                info.update(pull_back_alpha=alpha, owner_drop_db=drop)
+            return info
 
         self.model = ctx.cached_model(config, build, train_fn).eval()
 

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from bench import BenchError
+from bench.api import Defense
 from bench.cache import Artifacts
 from bench.calibrate import calibrate, find_strength
 from bench.cli import main
@@ -64,6 +65,7 @@ def test_calibration_lands_on_the_budget_on_calib_without_touching_test(teacher,
     finally:
         splits.test = test_pool
     assert not cal.cached and abs(cal.achieved_db - budget) <= 0.02
+    assert cal.value > type(cell.defense).strength_range[0]  # stronger than the identity (asvp: h > 1)
     # measured again, independently, at the stored strength
     trial = cell.defense.with_strength(cal.value, seed=0)
     fit_defense(dataclasses.replace(cell, defense=trial), model, key, artifacts, progress=False)
@@ -134,3 +136,54 @@ def test_cli_calibrate_needs_a_budget(capsys, tmp_path):
     code = main(["calibrate", "--task", "derain", "--defense", "output_noise", "--home", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "--budget" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------- plugins without a declared range
+@dataclasses.dataclass(frozen=True)
+class _GainParams:
+    g: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _OffsetParams:
+    b: float = 0.05
+
+
+class _Gain(Defense):
+    Params = _GainParams
+    strength = "g"  # no cost at g = 1, not at 0: needs a strength_range, and declares none
+
+    def channels(self):
+        return ("answers",)
+
+    def perturb_answers(self, answers, query):
+        return answers * self.params.g
+
+
+class _Offset(Defense):
+    Params = _OffsetParams
+    strength = "b"  # no cost at b = 0: the default bracket (0, default) is right
+
+    def channels(self):
+        return ("answers",)
+
+    def perturb_answers(self, answers, query):
+        return answers + self.params.b
+
+
+@pytest.mark.parametrize("cls, ok", [(_Gain, False), (_Offset, True)])
+def test_undeclared_strength_range_is_checked_before_use(teacher, tmp_path, cls, ok):
+    from bench.registry import DEFENSES
+
+    artifacts, model, key = teacher
+    DEFENSES.register("t_strength")(cls)
+    try:
+        cell = resolve(CellSpec(task="derain", defense="t_strength", profile="smoke", budget_db=0.5))
+        if ok:
+            cal = calibrate(cell, model, key, artifacts, Store(tmp_path), progress=False)
+            assert abs(cal.achieved_db - 0.5) <= 0.02 and cal.value > 0
+        else:
+            with pytest.raises(BenchError, match="strength_range"):
+                calibrate(cell, model, key, artifacts, Store(tmp_path), progress=False)
+    finally:
+        DEFENSES.unregister("t_strength")
