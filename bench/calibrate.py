@@ -11,7 +11,7 @@ The search (:func:`find_strength`): the cost is taken to be 0 at the first value
 that declares no range gets (0, the parameter's default); its cost at 0 is then measured first, and a
 clear error asks for ``strength_range`` when it is not 0.) The
 bracket's upper end starts at the range's second value and doubles (its distance from the identity
-value) until the cost reaches B. When it cannot, that is a clear error: after 12 doublings, or when two
+value) until the cost reaches B. When it cannot, that is a clear error: after 12 doublings, or when four
 doublings in a row each close less than a tenth of the remaining gap (the cost saturates below B).
 Then false-position steps with the Illinois modification (a bracketing bisection that interpolates
 instead of halving, so a smooth cost converges in a few evaluations) narrow the bracket until the cost
@@ -67,6 +67,7 @@ CALIBRATION_SEED = 0
 DEFAULT_TOL_DB = 0.02
 DEFAULT_MAX_EVALS = 12
 MAX_DOUBLINGS = 12
+STALLED_DOUBLINGS = 4  # a cost can be flat at first and then rise (nasty teacher): give it room
 
 
 @dataclass
@@ -148,10 +149,11 @@ def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: 
     f_lo, f_hi = 0.0, f(hi)
     doublings = stalled = 0
     while f_hi < budget:
-        if doublings >= MAX_DOUBLINGS or stalled >= 2:
+        if doublings >= MAX_DOUBLINGS or stalled >= STALLED_DOUBLINGS:
+            why = "saturated" if stalled >= STALLED_DOUBLINGS else "the largest tried"
             raise BenchError(f"{what} costs the teacher only {f_hi:.3f} dB on calib at strength {hi:g} "
-                             f"({'saturated' if stalled >= 2 else 'the largest tried'}), less than the budget "
-                             f"{budget:g} dB; use a smaller budget or loosen its other parameters.")
+                             f"({why}), less than the budget {budget:g} dB; use a smaller budget or loosen its "
+                             "other parameters.")
         lo, f_lo = hi, f_hi
         hi = identity + 2 * (hi - identity)
         f_hi = f(hi)

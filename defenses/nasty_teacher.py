@@ -31,11 +31,11 @@ Adapted to restoration (DESIGN section 6); what the paper leaves open or the set
     ``bench calibrate`` tunes (omega = 0 is plain fine-tuning, which stays at the teacher's accuracy).
     tanh(|.|) has a non-zero gradient as soon as the copy moves off the teacher, so the copy need not be
     perturbed at the start.
-- Training: ``steps`` Adam steps (0: the profile's ``teacher_steps`` // 8) at learning rate ``lr``
-  (0: the profile's ``teacher_lr`` / 4), the suite's one training loop (cosine decay, clipping), owner
-  crops with flips/rotations, a fixed data seed. The teacher's features are captured by forward hooks
-  during training only; serving goes through the shared :class:`bench.serving.ServedModel`, which exposes
-  the nasty teacher's features like any other model's.
+- Training: ``steps`` Adam steps (0: the profile's ``teacher_steps`` // 8, at least 20) at learning
+  rate ``lr`` (0: the profile's ``teacher_lr`` / 4), the suite's one training loop (cosine decay,
+  clipping), owner crops with flips/rotations, a fixed data seed. The teacher's features are captured
+  by forward hooks during training only; serving goes through the shared
+  :class:`bench.serving.ServedModel`, which exposes the nasty teacher's features like any other model's.
 - The teacher-cost budget on the owner data (``owner_budget_db`` > 0; the paper keeps the nasty
   teacher's accuracy only through its loss): when the fine-tuned copy's mean PSNR on the ``owner`` images
   is more than that below the teacher's, its weights are pulled back along the straight line towards the
@@ -80,7 +80,7 @@ class Params:
     feature_scale: float = param(0.5, "feature deviation, relative to the teacher's feature rms, at which "
                                       "its reward saturates")
     blur_sigma: float = param(1.0, "Gaussian sigma (px) of the low-pass whose residual is the high frequency")
-    steps: int = param(0, "fine-tuning steps (0: the profile's teacher_steps // 8)")
+    steps: int = param(0, "fine-tuning steps (0: the profile's teacher_steps // 8, at least 20)")
     lr: float = param(0.0, "fine-tuning learning rate (0: the profile's teacher_lr / 4)")
     owner_budget_db: float = param(0.0, "teacher-cost budget on the owner data (dB PSNR); a copy that loses "
                                         "more is pulled back towards the teacher until it fits (0: none)")
@@ -236,7 +236,7 @@ class NastyTeacher(Defense):
 
     def fit(self, teacher: nn.Module, splits: Splits, ctx: FitContext) -> None:
         p, prof = self.params, ctx.profile
-        steps = p.steps or max(1, prof.teacher_steps // 8)
+        steps = p.steps or max(20, prof.teacher_steps // 8)
         lr = p.lr or prof.teacher_lr / 4
         config = {"kind": "nasty_teacher", "version": self.version, "params": as_dict(p), "steps": steps,
                   "lr": lr, "profile": subset(prof, TEACHER_FIELDS)}
