@@ -192,3 +192,24 @@ def test_nasty_teacher_calibrates_on_calib(smoke, tmp_path):
     with nasty.serve(teacher) as served:
         drop = evaluate(teacher, calib, cell.task)["psnr"] - evaluate(served, calib, cell.task)["psnr"]
     assert abs(drop - budget) <= 0.05
+
+
+# ----------------------------------------------------------------------- your own model (bench.protect)
+@pytest.mark.parametrize("name", ["mad", "nasty_teacher", "output_noise"])
+def test_new_defenses_protect_a_users_model_with_owner_data(name):
+    from bench.protect import protect
+
+    torch.manual_seed(0)
+    model = RestorationCNN(8, 2).eval()
+    g = torch.Generator().manual_seed(0)
+    targets = [torch.rand(3, 32, 32, generator=g) for _ in range(3)]
+    inputs = [(t + 0.1 * torch.randn(3, 32, 32, generator=g)).clamp(0, 1) for t in targets]
+    x = torch.stack(inputs[:2])
+    with torch.no_grad():
+        plain = model(x)
+    owner = (inputs, targets) if name != "output_noise" else None
+    with protect(model, name, owner=owner, profile="smoke") as served, torch.no_grad():
+        a, b = served(x), served(x[1:])
+    assert not torch.allclose(a, plain) and torch.allclose(a[1:], b, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)  # the user's model is untouched
