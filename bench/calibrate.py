@@ -15,9 +15,9 @@ value) until the cost reaches B. When it cannot, that is a clear error: after 12
 doublings in a row each close less than a tenth of the remaining gap (the cost saturates below B).
 Then false-position steps with the Illinois modification (a bracketing bisection that interpolates
 instead of halving, so a smooth cost converges in a few evaluations) narrow the bracket until the cost
-is within ``tol_db`` of B (default 0.02 dB) or ``max_evals`` evaluations (default 12, the bracketing
-ones included) are spent; the evaluated value closest to B is kept and its cost is stored beside it
-(``achieved_db``).
+is within ``tol_db`` of B (default: 0.02 dB or a tenth of B, whichever is smaller) or ``max_evals``
+evaluations (default 12, the bracketing ones included) are spent; the evaluated value closest to B is
+kept and its cost is stored beside it (``achieved_db``).
 
 One evaluation serves the teacher through the defense at that strength and scores the calib images:
 runtime defenses take a fraction of a second each. A training-time defense (nasty teacher) trains its
@@ -126,6 +126,11 @@ def strength_bracket(defense: Defense) -> tuple[float, float, bool]:
 
 
 # ---------------------------------------------------------------------------------------- search
+def default_tol(budget_db: float) -> float:
+    """0.02 dB, or a tenth of the budget where that is smaller (0.01 dB at B = 0.1)."""
+    return min(DEFAULT_TOL_DB, 0.1 * budget_db)
+
+
 def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: float, *,
                   tol: float = DEFAULT_TOL_DB, max_evals: int = DEFAULT_MAX_EVALS,
                   what: str = "the defense") -> tuple[float, float, list[tuple[float, float]]]:
@@ -202,7 +207,7 @@ def calibration_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
 
 
 def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, store: Store, *,
-              progress: bool = True, force: bool = False, tol: float = DEFAULT_TOL_DB,
+              progress: bool = True, force: bool = False, tol: float | None = None,
               max_evals: int = DEFAULT_MAX_EVALS) -> Calibration:
     """The stored calibration of ``cell``'s defense at ``cell.spec.budget_db``, computed now if there is
     none (or ``force``)."""
@@ -211,6 +216,7 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
     defense, task = cell.defense, cell.task
     budget = cell.spec.budget_db
     check_budget(defense, budget, {})
+    tol = default_tol(budget) if tol is None else float(tol)
     config = calibration_config(cell, teacher_key)
     key = config_key(config)
     if not force:

@@ -115,13 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from bench.cache import Artifacts
-    from bench.calibrate import calibrate
+    from bench.calibrate import calibrate, default_tol
     from bench.pipeline import get_teacher, resolve
     from bench.store import Store
 
     if args.budget is None:
         raise BenchError("bench calibrate needs --budget DB (the teacher cost to calibrate to, in dB).")
-    if not 0 < args.tol:
+    if args.tol is not None and not 0 < args.tol:
         raise BenchError(f"--tol must be > 0 dB, got {args.tol}.")
     cell = resolve(spec_from_args(args))
     store = Store(_home(args))
@@ -131,8 +131,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=True, force=args.force,
                     tol=args.tol)
     print(f"{cell.task.name} · " + cal.describe(cell.defense.name))
-    if abs(cal.achieved_db - cal.budget_db) > args.tol:
-        print(f"warning: not within {args.tol:g} dB of the budget after {cal.evaluations} evaluations",
+    tol = default_tol(cal.budget_db) if args.tol is None else args.tol
+    if abs(cal.achieved_db - cal.budget_db) > tol:
+        print(f"warning: not within {tol:g} dB of the budget after {cal.evaluations} evaluations",
               file=sys.stderr)
     return 0
 
@@ -233,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="find and store the defense strength that costs the teacher "
                                          "--budget dB on the calib split")
     _common_cell_args(p)
-    p.add_argument("--tol", type=float, default=0.02, metavar="DB",
-                   help="stop when the cost is this close to the budget (default 0.02 dB)")
+    p.add_argument("--tol", type=float, metavar="DB",
+                   help="stop when the cost is this close to the budget (default: 0.02 dB or a tenth of the "
+                        "budget, whichever is smaller)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("list", help="list plugins with their parameters")
