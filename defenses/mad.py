@@ -154,7 +154,8 @@ def poison(surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
     radius = eps * y.flatten(1).norm(dim=1)
     if eps == 0:
         return torch.zeros_like(y)
-    d = torch.stack([torch.randn(y[i].shape, generator=start(i), dtype=y.dtype) for i in range(len(y))])
+    d = torch.stack([torch.randn(y[i].shape, generator=start(i), dtype=y.dtype, device=y.device)
+                     for i in range(len(y))])
     d = d * (radius / d.flatten(1).norm(dim=1).clamp_min(1e-30)).view(-1, 1, 1, 1)
     d = _project(d, y, radius)
     grad = _LastLayerGradient(surrogate, x)

@@ -8,27 +8,28 @@ that its soft labels mislead a student distilled from them while its argmax stay
 
 Adapted to restoration (DESIGN section 6); what the paper leaves open or the setting forces:
 
-- Training-time defense: a copy of the teacher is fine-tuned (the paper trains the nasty network from
-  scratch; fine-tuning from the teacher is far cheaper and starts at full accuracy) and then served
-  in its place; it is cached like a teacher (``FitContext.cached_model``, keyed by the teacher and
-  every parameter of this defense). It is the owner's asset, so its training does not depend on the
-  cell seed: one nasty teacher per (teacher, profile, parameters). It changes the answers and the
-  features every user and attacker sees: ``channels() = (answers, features)``.
+- Training-time defense: a copy of the teacher is fine-tuned (DESIGN section 6; far cheaper than
+  training a nasty network in full, and it starts at the teacher's accuracy) and then served in its
+  place; it is cached like a teacher (``FitContext.cached_model``, keyed by the teacher and every
+  parameter of this defense). It is the owner's asset, so its training does not depend on the cell
+  seed: one nasty teacher per (teacher, profile, parameters). It changes the answers and the features
+  every user and attacker sees: ``channels() = (answers, features)``.
 - Accuracy term: L1 to the clean targets on ``owner`` crops (the teacher's own training loss and data),
   the analogue of the paper's cross-entropy on labels.
 - Divergence terms (the analogue of the KL to the normal teacher), *bounded* so that maximising them
-  cannot run away (KL between softmaxes saturates in practice; a distance between images does not):
+  cannot run away (in the paper the cross-entropy term holds the softened outputs in check; a distance
+  between images that is rewarded without limit would simply grow):
   - output: the high-frequency content of the answers, hp(z) = z - G_s * z (Gaussian blur, sigma
     ``blur_sigma``, reflect padding); D_out = mean over pixels of tanh(|hp(n(x)) - hp(t(x))| / ``hf_scale``),
     which lies in [0, 1): a pixel's high-frequency deviation stops paying once it is well above
-    ``hf_scale``. High frequencies are what a student finds hard to fit and what an L1/PSNR-trained
-    owner notices least (in its accuracy term).
-  - features: at the ``layers`` (``body``: every body block, the default, which covers what feature-KD
-    attackers are given; ``middle``: the middle block(s); or module names),
+    ``hf_scale``. The deviation is sought in the detail (DESIGN section 6), away from the low-frequency
+    content that the accuracy term protects.
+  - features: at the ``layers`` (``body``: every body block, the default, so that whichever block a
+    feature-level attacker is given has diverged; ``middle``: the middle block(s); or module names),
     D_feat = mean over layers and entries of tanh(|F_n - F_t| / (``feature_scale`` * rms(F_t))), the rms
     per image and layer, so the term is scale-free and in [0, 1).
   - loss = L1(n(x), y) - ``omega`` * (D_out + ``feature_weight`` * D_feat). ``omega`` is the strength
-    ``bench calibrate`` tunes (omega = 0 is plain fine-tuning, which stays at the teacher's accuracy).
+    ``bench calibrate`` tunes (omega = 0 is plain fine-tuning, which stays near the teacher's accuracy).
     tanh(|.|) has a non-zero gradient as soon as the copy moves off the teacher, so the copy need not be
     perturbed at the start.
 - Training: ``steps`` Adam steps (0: the profile's ``teacher_steps`` // 8, at least 20) at learning
@@ -40,7 +41,8 @@ Adapted to restoration (DESIGN section 6); what the paper leaves open or the set
   teacher's accuracy only through its loss): when the fine-tuned copy's mean PSNR on the ``owner`` images
   is more than that below the teacher's, its weights are pulled back along the straight line towards the
   teacher's, to the furthest point (bisection, 10 halvings) whose owner PSNR loss is within the budget.
-  Fine-tuning from the teacher keeps the two in one basin, so that line is a smooth path. Off by default:
+  The copy is fine-tuned from the teacher, so the line is short; the owner PSNR along it is measured at
+  every halving, not assumed. Off by default:
   in dB, a given deviation costs more on the owner images (where the teacher is best) than on ``calib``,
   so a budget there can cap what calibration on ``calib`` is able to reach.
 - Its cost to honest users is measured, not bounded: calibration finds the omega at which the served
