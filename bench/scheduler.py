@@ -4,7 +4,10 @@ Stages, each a parallel map over its unique jobs (found by cache key), each fini
 
 1. ``teachers``: one job per teacher key (task, profile's teacher fields, teacher seed) not yet cached;
 2. ``defense fits``: one job per (teacher, defense + params, seed, profile) whose defense trains
-   something (``Defense.fit`` overridden); runtime defenses skip this stage;
+   something (``Defense.fit`` overridden); runtime defenses skip this stage. A cell with a budget
+   (``budget_db``) instead gets one job per calibration (teacher, defense without its strength, budget,
+   profile: shared by its seeds and attacks), which calibrates (:mod:`bench.calibrate`) and fits the
+   defense at the calibrated strength, so that cells never calibrate the same defense side by side;
 3. ``reference students``: one job per reference-student key not yet cached (cells that differ only in
    their defense share it);
 4. ``cells``: every cell without a ``done`` row in the store, by :func:`bench.pipeline.run_cell`, which
@@ -51,6 +54,7 @@ import torch
 from bench import BenchError
 from bench.api import Defense
 from bench.cache import Artifacts, config_key
+from bench.calibrate import calibrated_cell
 from bench.pipeline import (
     Cell,
     CellSpec,
@@ -125,6 +129,13 @@ def fit_key(cell: Cell, teacher_key: str) -> str:
                        "task": cell.task.identity(), "seed": cell.spec.seed, "profile": cell.config()["profile"]})
 
 
+def calibration_job_key(cell: Cell, teacher_key: str) -> str:
+    """One calibration job per (teacher, defense without its strength, budget, task, profile)."""
+    return config_key({"kind": "calibration-job", "teacher": teacher_key,
+                       "defense": cell.defense.calibration_identity(), "budget_db": cell.spec.budget_db,
+                       "task": cell.task.identity(), "profile": cell.config()["profile"]})
+
+
 def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Plan:
     """Resolve every cell (bad input fails here, before anything runs), look up finished rows and list
     the unique jobs of each stage."""
@@ -158,7 +169,11 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
         if not have(t_key):
             add("teachers", t_key, key)
             needs.append(t_key)
-        if defense_fits(cell):
+        if cell.spec.budget_db is not None:
+            f_key = calibration_job_key(cell, t_key)
+            add("defense fits", f_key, key, tuple(needs))
+            needs.append(f_key)
+        elif defense_fits(cell):
             f_key = fit_key(cell, t_key)
             add("defense fits", f_key, key, tuple(needs))
             needs.append(f_key)
@@ -260,7 +275,9 @@ def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
         teacher, t_key, _ = get_teacher(cell.task, cell.profile, spec.teacher_seed, artifacts, progress=False,
                                         force=force and stage == "teachers", user_model=cell.teacher_model)
         if stage == "defense fits":
-            fit_defense(cell, teacher, t_key, artifacts, progress=False, force=force)
+            cell, _ = calibrated_cell(cell, teacher, t_key, artifacts, Store(home), progress=False, force=force)
+            if defense_fits(cell):
+                fit_defense(cell, teacher, t_key, artifacts, progress=False, force=force)
         elif stage == "reference students":
             reference_student(cell, teacher, t_key, artifacts, progress=False, force=force)
         return {"ok": True, "error": None, "cached": False}

@@ -283,3 +283,21 @@ def test_two_sweeps_at_once_on_one_store_and_failing_cells(tmp_path):
     assert "worker process died" in failed["crash"]
     with sqlite3.connect(tmp_path / "results.sqlite") as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_budgeted_cells_share_one_calibration_job_per_defense_and_budget(tmp_path):
+    """Seeds and attacks share a calibration: it runs once, in the defense-fit stage, never in the cells."""
+    specs = make_grid(tasks="derain", defenses="none,output_noise,nasty_teacher", seeds="0-1", budgets="0.5",
+                      profile="smoke", sets=parse_sets(["profile.teacher_steps=4", "profile.student_steps=4",
+                                                        "defense.steps=30", "defense.lr=0.003"])).specs()
+    jobs = plan(specs, Store(tmp_path)).jobs
+    assert len(jobs["defense fits"]) == 2  # output_noise@0.5 and nasty_teacher@0.5, whatever the seed
+    result = run_sweep(specs, home=tmp_path, n_jobs=1, progress=False)
+    assert result.ok, result.failures
+    budgeted = [r for r in result.rows if r["budget"] == 0.5]
+    assert len(budgeted) == 4
+    by_defense: dict[str, set] = {}
+    for r in budgeted:
+        by_defense.setdefault(r["defense"], set()).add(r["metrics"]["strength"])
+        assert abs(r["metrics"]["calib_drop_db"] - 0.5) <= 0.02
+    assert all(len(v) == 1 for v in by_defense.values())  # one calibrated strength for both seeds
