@@ -151,7 +151,10 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         strength = {n: _strength_param(n) for n in set(names)}
         sp = [strength[n] for n in names]
         df["strength_param"] = sp
-        df["strength"] = [_number(f.get(s)) if s else np.nan for f, s in zip(flat, sp)]
+        # a calibrated cell's config holds its budget, not its strength: that is in its metrics
+        calibrated = df["strength"].tolist() if "strength" in df else [np.nan] * len(df)
+        df["strength"] = [(_number(f.get(s)) if s in f else _number(c)) if s else np.nan
+                          for f, s, c in zip(flat, sp, calibrated)]
         fixed = [[(k, v) for k, v in items if k != s] for items, s in zip(shown, sp)]
         df["defense_base"] = [label(n, items) for n, items in zip(names, fixed)]
         df["defense_label"] = [label(n, items + ([(s, f[s])] if s in f else []))

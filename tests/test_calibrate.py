@@ -101,6 +101,10 @@ def test_budgeted_cell_runs_at_the_calibrated_strength(shared_home):
     assert row["budget"] == 0.4 and row["config"]["budget_db"] == 0.4
     assert "sigma" not in row["config"]["defense"]["params"]  # the key holds the budget, not a strength
     assert resolve(dataclasses.replace(spec, budget_db=0.5)).key != resolve(spec).key
+    from reports.cells import tidy  # the reports read the calibrated strength of a budgeted cell
+
+    cells = tidy(Store(shared_home).dataframe()).set_index("key")
+    assert cells.loc[row["key"], "strength"] == m["strength"] and cells.loc[row["key"], "budget_db"] == 0.4
     assert resolve(spec).key != resolve(dataclasses.replace(spec, budget_db=None)).key
 
 
