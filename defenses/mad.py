@@ -26,11 +26,13 @@ setting forces:
   correlated with the layer's unfolded input (a batched matrix product, one gradient per image).
 - The maximisation: ``steps`` projected gradient-ascent steps on 1 - cos(g(y), g(y + d)), from a random
   start on the sphere of radius eps ||y|| (the deviation has zero gradient at d = 0), each a normalised
-  step of ``step_size`` times the radius followed by the projection; the best iterate per image is kept
-  (the paper evaluates candidate extreme points of the simplex instead: MAD-argmax; with an image
-  output there is no finite candidate set). The random start comes from ``query.generator(i)``, seeded by
-  the image's content and the defense seed, so answers are deterministic per input and independent of
-  the rest of the batch (DESIGN section 2).
+  step of ``step_size`` times the radius followed by the projection; the last iterate is answered (for
+  posteriors the paper evaluates the objective at the vertices of the probability simplex and moves y
+  towards the best one; an image has no such finite candidate set). Keeping the best iterate per image
+  instead would make the answer jump between iterates as ``eps`` changes, and the teacher's cost with
+  it, which calibration's bracketing cannot land on. The random start comes from
+  ``query.generator(i)``, seeded by the image's content and the defense seed, so answers are
+  deterministic per input and independent of the rest of the batch (DESIGN section 2).
 - The surrogate: the task's student architecture, trained by the owner on ``owner`` crops to imitate the
   undefended teacher (L1, the attacker's recipe), for ``surrogate_steps`` steps (0: the profile's
   ``student_steps``), student learning rate. It is the owner's asset like the teacher: trained once per
@@ -161,20 +163,14 @@ def poison(surrogate: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
     grad = _LastLayerGradient(surrogate, x)
     r0 = grad.out.detach() - y
     g0 = grad(r0)
-    best, best_dev = d, torch.full((len(y),), -1.0, dtype=y.dtype)
     with torch.enable_grad():
-        for step in range(steps + 1):
-            d = d.detach().requires_grad_(step < steps)
-            dev = 1 - _cos(g0, g0 - grad(d, create_graph=step < steps))
-            better = dev.detach() > best_dev
-            best = torch.where(better.view(-1, 1, 1, 1), d.detach(), best)
-            best_dev = torch.where(better, dev.detach(), best_dev)
-            if step == steps:
-                break
+        for _ in range(steps):
+            d = d.detach().requires_grad_(True)
+            dev = 1 - _cos(g0, g0 - grad(d, create_graph=True))
             (ascent,) = torch.autograd.grad(dev.sum(), d)
             ascent = ascent / ascent.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1, 1)
             d = _project(d.detach() + step_size * radius.view(-1, 1, 1, 1) * ascent, y, radius)
-    return best
+    return d.detach()
 
 
 class MAD(Defense):
