@@ -49,6 +49,10 @@ class Task(Plugin):
         self.profile = profile
         self._splits: Splits | None = None
 
+    def identity(self) -> dict[str, Any]:
+        # the augmentation shapes every model trained on the task, not its data
+        return {**super().identity(), "augment": list(self.augment_transforms)}
+
     @property
     def shave(self) -> int:
         """Border pixels left out of the metrics (SR convention: ``scale``)."""

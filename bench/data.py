@@ -227,7 +227,7 @@ def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants
     """
     pools = {}
     for split in SPLITS:
-        n_var = variants if split in ("owner", "attacker") else 1
+        n_var = variants  # test and calib too: one rain or haze draw per photo is a noisy score
         deg, clean, srcs = [], [], []
         for src in SOURCE_SPLITS[split]:
             img = load_source(src, image_size, scale)

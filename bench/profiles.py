@@ -18,7 +18,7 @@ from bench.params import build, param
 class Profile:
     name: str = param("custom", "profile name (for display)")
     image_size: int = param(192, "bundled source images are resized so their short side is this (0: original)")
-    variants: int = param(2, "degraded draws per source image in the training pools")
+    variants: int = param(2, "degraded draws per source image in every pool")
     crop: int = param(48, "training crop side, in output (clean) pixels")
     batch: int = param(16, "training batch size")
     teacher_channels: int = param(32, "teacher feature channels")

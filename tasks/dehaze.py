@@ -44,7 +44,6 @@ class Dehaze(Task):
     """Synthetic haze by the atmospheric scattering model over a synthetic depth map."""
 
     Params = DehazeParams
-    version = "2"
     # Training augmentation: mirror images only (the scene gets farther (hazier) towards the top).
     augment_transforms = HORIZONTAL_FLIPS
 

@@ -83,7 +83,6 @@ class Derain(Task):
     """Synthetic rain streaks: sparse drops smeared by a rotated line kernel, screen-blended."""
 
     Params = DerainParams
-    version = "2"
     # Training augmentation: mirror images only (rain falls down).
     augment_transforms = HORIZONTAL_FLIPS
 

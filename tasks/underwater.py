@@ -50,7 +50,6 @@ class Underwater(Task):
     """Wavelength-dependent attenuation plus blue-green backscatter over a synthetic depth map."""
 
     Params = UnderwaterParams
-    version = "2"
     # Training augmentation: mirror images only (the scene gets farther (bluer) towards the top).
     augment_transforms = HORIZONTAL_FLIPS
 
