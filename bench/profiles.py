@@ -27,7 +27,7 @@ class Profile:
     teacher_lr: float = param(2e-3, "teacher learning rate (Adam, cosine decay)")
     student_channels: int = param(16, "student feature channels")
     student_blocks: int = param(2, "student residual blocks")
-    student_steps: int = param(500, "student training steps")
+    student_steps: int = param(300, "student training steps")
     student_lr: float = param(2e-3, "student learning rate (Adam, cosine decay)")
     query_size: int = param(64, "side of one attacker query, in output pixels (input: size / scale)")
     query_budget: int = param(256, "queries the attacker may make (one image each)")
