@@ -34,7 +34,6 @@ as before (with ``cost``, the queries one answered image costs).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import dihedral, dihedral_inverse
+from bench.filters import gaussian_blur, pad_reflect
 from bench.params import param
 from bench.query import QueryBudgetExceeded
 
@@ -68,34 +68,17 @@ class AdaptiveParams:
 
 
 # ----------------------------------------------------------------------------------------- filters
-def _pad(x: torch.Tensor, r: int) -> torch.Tensor:
-    mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
-    return F.pad(x, (r, r, r, r), mode=mode)
-
-
-def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an (N, C, H, W) batch; kernel radius ceil(3 sigma), borders reflected."""
-    r = max(1, math.ceil(3.0 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = _pad(x, r)
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def median_lowpass(x: torch.Tensor, size: int) -> torch.Tensor:
     """Median over ``size`` x ``size`` windows of an (N, C, H, W) batch, borders reflected."""
     r = size // 2
     n, c, h, w = x.shape
-    patches = F.unfold(_pad(x, r), size)  # (N, C * size^2, H * W)
+    patches = F.unfold(pad_reflect(x, r), size)  # (N, C * size^2, H * W)
     return patches.view(n, c, size * size, h * w).median(dim=2).values.view(n, c, h, w)
 
 
 def lowpass(x: torch.Tensor, kind: str, *, sigma: float = 1.0, size: int = 3) -> torch.Tensor:
     if kind == "gaussian":
-        return gaussian_lowpass(x, sigma)
+        return gaussian_blur(x, sigma)
     if kind == "median":
         return median_lowpass(x, size)
     if kind == "none":

@@ -52,7 +52,6 @@ Adapted to restoration (DESIGN section 6); what the paper leaves open or the set
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -64,6 +63,7 @@ from torch import nn
 from bench import BenchError
 from bench.api import Defense, FitContext, Task
 from bench.data import Pool, Splits, stable_seed
+from bench.filters import gaussian_blur
 from bench.metrics import psnr
 from bench.models import body_layers, middle_layers
 from bench.params import as_dict, param
@@ -106,19 +106,7 @@ class Params:
 
 def high_pass(z: torch.Tensor, sigma: float) -> torch.Tensor:
     """z minus its Gaussian blur (per channel, reflect padding, radius ceil(3 sigma))."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=z.dtype, device=z.device)
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    g = g / g.sum()
-    c = z.shape[1]
-    pad = min(radius, z.shape[-1] - 1, z.shape[-2] - 1)
-    if pad < radius:  # tiny images: fall back to replicate padding
-        zp = F.pad(z, (radius,) * 4, mode="replicate")
-    else:
-        zp = F.pad(z, (radius,) * 4, mode="reflect")
-    blur = F.conv2d(zp, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    blur = F.conv2d(blur, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return z - blur
+    return z - gaussian_blur(z, sigma)
 
 
 def bounded_divergence(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:

@@ -50,20 +50,9 @@ def test_every_task_defense_and_attack_runs_from_the_cli(capsys, shared_home, ta
     assert 0 < m["queries_used"] <= cell.attack.budget(cell.profile)
 
 
-def test_folder_task_runs_every_attack(capsys, tmp_path):
-    import numpy as np
-    from skimage.io import imsave
-
-    rng = np.random.default_rng(0)
-    for sub in ("input", "target"):
-        (tmp_path / "data" / sub).mkdir(parents=True)
-    for i in range(5):
-        clean = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
-        noisy = np.clip(clean.astype(int) + rng.integers(-20, 20, clean.shape), 0, 255).astype(np.uint8)
-        imsave(tmp_path / "data" / "target" / f"im{i}.png", clean, check_contrast=False)
-        imsave(tmp_path / "data" / "input" / f"im{i}.png", noisy, check_contrast=False)
+def test_folder_task_runs_every_attack(capsys, tmp_path, pairs_dir):
     for attack in ATTACKS.names():
-        code = main(["run", "--task", "folder", "--data", str(tmp_path / "data"), "--defense", "asvp",
+        code = main(["run", "--task", "folder", "--data", str(pairs_dir), "--defense", "asvp",
                      "--attack", attack, "--profile", "smoke", "--home", str(tmp_path / "runs")])
         assert code == 0, capsys.readouterr().err
 

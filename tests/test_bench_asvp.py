@@ -35,23 +35,11 @@ VARIANTS = {
     "asvp-reference": {"use_reference": True},
 }
 ROUNDS = int(os.environ.get("ASVP_BENCH_ROUNDS", "15"))
-_report: list[str] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def default_threads(request):
-    before = torch.get_num_threads()
-    # torch's default: one thread per CPU (OMP_NUM_THREADS if set)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(before)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if _report and reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            for line in _report:
-                reporter.write_line(line)
+def _default_threads(bench_report):
+    """Every benchmark of this module runs at torch's default thread count."""
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +71,7 @@ def test_served_forward(benchmark, served, variant):
 
 
 @pytest.mark.benchmark(group="asvp-256-paired")
-def test_paired_rounds(benchmark, served):
+def test_paired_rounds(benchmark, served, bench_report):
     fns, x = served
     times: dict[str, list[float]] = {name: [] for name in fns}
 
@@ -101,6 +89,6 @@ def test_paired_rounds(benchmark, served):
     base = medians["teacher"]
     benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
     benchmark.extra_info.update({f"{n}_ratio": round(ms / base, 3) for n, ms in medians.items()})
-    _report.append(f"ASVP served forward, 1x3x256x256, RestorationCNN(32, 4), {torch.get_num_threads()} "
+    bench_report.append(f"ASVP served forward, 1x3x256x256, RestorationCNN(32, 4), {torch.get_num_threads()} "
                    f"torch threads, {ROUNDS} interleaved rounds: median ms (ratio to the teacher)")
-    _report.extend(f"  {n:15s} {ms:8.1f} ms  ({ms / base:.2f}x)" for n, ms in medians.items())
+    bench_report.extend(f"  {n:15s} {ms:8.1f} ms  ({ms / base:.2f}x)" for n, ms in medians.items())

@@ -34,26 +34,15 @@ VARIANTS = {
     "asvp-spatial": ("asvp", {"layout": "spatial"}),
 }
 ROUNDS = int(os.environ.get("DEFENSE_BENCH_ROUNDS", "10"))
-_report: list[str] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def default_threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(before)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if _report and reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            for line in _report:
-                reporter.write_line(line)
+def _default_threads(bench_report):
+    """Every benchmark of this module runs at torch's default thread count."""
 
 
 @pytest.mark.benchmark(group="defenses-request")
-def test_paired_rounds(benchmark):
+def test_paired_rounds(benchmark, bench_report):
     torch.manual_seed(0)
     model = RestorationCNN(32, 4).eval()
     x = torch.rand(16, 3, 64, 64)
@@ -88,6 +77,6 @@ def test_paired_rounds(benchmark):
     base = medians["teacher"]
     benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
     benchmark.extra_info.update({f"{n}_ratio": round(ms / base, 3) for n, ms in medians.items()})
-    _report.append(f"one request of 16 x 3x64x64 queries, RestorationCNN(32, 4), {torch.get_num_threads()} "
+    bench_report.append(f"one request of 16 x 3x64x64 queries, RestorationCNN(32, 4), {torch.get_num_threads()} "
                    f"torch threads, {ROUNDS} interleaved rounds: median ms (ratio to the teacher)")
-    _report.extend(f"  {n:13s} {ms:8.1f} ms  ({ms / base:.2f}x)" for n, ms in medians.items())
+    bench_report.extend(f"  {n:13s} {ms:8.1f} ms  ({ms / base:.2f}x)" for n, ms in medians.items())

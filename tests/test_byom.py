@@ -8,9 +8,9 @@ import sys
 import textwrap
 import uuid
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_noisy_pairs
 from torch import nn
 
 from bench import BenchError
@@ -109,18 +109,7 @@ def ext(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """A folder of 5 PNG pairs whose sides are not multiples of the model's size_multiple (4)."""
-    from skimage.io import imsave
-
-    root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(0)
-    for sub in ("input", "target"):
-        (root / sub).mkdir()
-    for i in range(5):
-        clean = (rng.random((42, 50, 3)) * 255).astype(np.uint8)
-        noisy = np.clip(clean.astype(int) + rng.integers(-20, 20, clean.shape), 0, 255).astype(np.uint8)
-        imsave(root / "target" / f"im{i}.png", clean, check_contrast=False)
-        imsave(root / "input" / f"im{i}.png", noisy, check_contrast=False)
-    return root
+    return write_noisy_pairs(tmp_path_factory.mktemp("pairs"), size=(42, 50))
 
 
 def run(capsys, *argv):

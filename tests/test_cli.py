@@ -56,19 +56,8 @@ def test_asvp_ablations_combined_run_on_smoke(capsys, shared_home):
     assert "channels touched: answers,features" in out
 
 
-def test_folder_task_runs_on_user_pairs(capsys, tmp_path):
-    import numpy as np
-    from skimage.io import imsave
-
-    rng = np.random.default_rng(0)
-    for sub in ("input", "target"):
-        (tmp_path / "data" / sub).mkdir(parents=True)
-    for i in range(5):
-        clean = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
-        noisy = np.clip(clean.astype(int) + rng.integers(-20, 20, clean.shape), 0, 255).astype(np.uint8)
-        imsave(tmp_path / "data" / "target" / f"im{i}.png", clean, check_contrast=False)
-        imsave(tmp_path / "data" / "input" / f"im{i}.png", noisy, check_contrast=False)
-    code, out, err = run(capsys, "run", "--task", "folder", "--data", str(tmp_path / "data"),
+def test_folder_task_runs_on_user_pairs(capsys, tmp_path, pairs_dir):
+    code, out, err = run(capsys, "run", "--task", "folder", "--data", str(pairs_dir),
                          "--defense", "asvp", "--profile", "smoke", "--home", str(tmp_path / "runs"))
     assert code == 0, err
     assert "folder · asvp" in out
