@@ -56,7 +56,10 @@ How it is computed (ASVP runs on every query, so the hot path does no SVD of a l
   same for every matrix, so answers are deterministic and do not depend on the rest of the batch. When
   the shorter side is at most ``k + oversample`` the exact Gram path is used. The randomized path is
   exact up to ~(sigma_{l+1} / sigma_k)^(2 power_iters + 1); on spectra without a gap the amplified
-  subspace is an approximation (so is the "top-k" itself then). In energy mode only the top
+  subspace is an approximation (so is the "top-k" itself then). ``power_iters`` defaults to 1, for speed:
+  on the quick derain teacher (a 256x256 photo, h = 1.5) the answer's perturbation differs from the
+  full-SVD one by 11 % (relative L2) at 1 iteration, 3.6 % at 2, 0.5 % at 4, 59 % at 0; each iteration
+  costs two passes over the features (about a fifth of the layer's ASVP time). In energy mode only the top
   l = ``k_max + oversample`` singular values are known: k is the smallest whose energies reach ``tau``
   of the exact total ||F||^2, else ``k_max``.
 - ``use_reference`` (tests and benchmarks only): a full ``torch.linalg.svd`` per matrix instead.
@@ -102,7 +105,7 @@ class Params:
     rho: float = param(0.5, "coherence bound: ||dF|| <= rho * ||F|| per sample")
     window: int = param(7, "side (odd) of the box window smoothing the coherence mask")
     oversample: int = param(8, "extra columns of the randomized SVD (spatial layout)")
-    power_iters: int = param(4, "power iterations of the randomized SVD (spatial layout)")
+    power_iters: int = param(1, "power iterations of the randomized SVD (spatial layout)")
     use_reference: bool = param(False, "test/benchmark only: full SVD instead of the fast paths")
 
     def __post_init__(self) -> None:
@@ -173,14 +176,17 @@ def _spectrum(mats: torch.Tensor, rank: int, oversample: int, power_iters: int, 
     q = None
     if randomized and m > cols:
         omega = _test_matrix(n, cols, mats.dtype, mats.device)
-        at = mats.transpose(1, 2)
-        y = mats @ omega
+        # omega is shared by all matrices: one GEMM where the batch is contiguous
+        y = (mats.reshape(-1, n) @ omega).view(-1, m, cols) if mats.is_contiguous() else mats @ omega
         for _ in range(power_iters):
-            z = torch.linalg.qr(at @ torch.linalg.qr(y).Q).Q
+            # A^T Q as (Q^T A)^T: the product reads A row-major, about 2x faster than A^T @ Q on CPU
+            z = torch.linalg.qr((torch.linalg.qr(y).Q.transpose(1, 2) @ mats).transpose(1, 2)).Q
             y = mats @ z
         q = torch.linalg.qr(y).Q
         bm = q.transpose(1, 2) @ mats
-        total = mats.double().pow(2).sum(dim=(1, 2))
+        # ||A||^2 from float32 row norms (short sums, exact enough) summed in float64: no copy of A (a
+        # float64 copy cost more than the rest of the spectrum)
+        total = torch.linalg.vector_norm(mats, dim=-1).double().square().sum(-1)
     else:
         bm = mats
     gram = (bm @ bm.transpose(1, 2)).double()
@@ -220,7 +226,7 @@ def _per_matrix_k(k: int | torch.Tensor, features: torch.Tensor, layout: str) ->
 
 
 def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | None, h: float, *,
-                  tau: float = 1.0, k_max: int = 1, oversample: int = 8, power_iters: int = 4):
+                  tau: float = 1.0, k_max: int = 1, oversample: int = 8, power_iters: int = 1):
     """(mats, transposed, L, R, total): the perturbation of every matrix as L @ R; k=None: energy rule."""
     mats, transposed = _matrices(features, layout)
     kt = None if k is None else _per_matrix_k(k, features, layout)
@@ -234,7 +240,7 @@ def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | N
 
 # ------------------------------------------------------------------------------------- public helpers
 def amplify_top_k(features: torch.Tensor, k: int | torch.Tensor, h: float, layout: Layout = "channel", *,
-                  oversample: int = 8, power_iters: int = 4) -> torch.Tensor:
+                  oversample: int = 8, power_iters: int = 1) -> torch.Tensor:
     """``features`` with the top-k singular values of each matrix of ``layout`` multiplied by ``h``.
 
     ``k``: an int, or a LongTensor with one k per sample (N,) or, for the spatial layout, per
@@ -246,7 +252,7 @@ def amplify_top_k(features: torch.Tensor, k: int | torch.Tensor, h: float, layou
 
 
 def energy_k(features: torch.Tensor, tau: float, k_max: int, layout: Layout = "channel", *,
-             oversample: int = 8, power_iters: int = 4) -> torch.Tensor:
+             oversample: int = 8, power_iters: int = 1) -> torch.Tensor:
     """The adaptive k per matrix: (N,) for the channel layout, (N, C) for the spatial layout."""
     mats, _ = _matrices(features, layout)
     _, _, _, ev, total = _spectrum(mats, k_max, oversample, power_iters, layout == "spatial")
@@ -323,12 +329,16 @@ def perturb(features: torch.Tensor, p: Params) -> torch.Tensor:
             right = right * coherence_mask(features, p.window).view(n, 1, -1)
             scale = _bound_scale(torch.linalg.vector_norm(right, dim=(1, 2)), total, p.rho)
             return torch.baddbmm(mats, left * scale.to(left.dtype).view(n, 1, 1), right).view_as(features)
-        delta = _from_matrices(left @ right, transposed, features.shape)
+        delta = _from_matrices(torch.baddbmm(mats, left, right) if not p.coherence else left @ right,
+                               transposed, features.shape)
+        if not p.coherence:
+            return delta  # F + L R in one product
     if not p.coherence:
         return features + delta
-    delta = delta * coherence_mask(features, p.window)
+    # in place on the fresh delta: each full-size temporary costs about as much as the arithmetic
+    delta.mul_(coherence_mask(features, p.window))
     scale = _bound_scale(torch.linalg.vector_norm(delta.flatten(1), dim=1), total, p.rho)
-    return torch.addcmul(features, delta, scale.to(delta.dtype).view(n, 1, 1, 1))
+    return delta.mul_(scale.to(delta.dtype).view(n, 1, 1, 1)).add_(features)
 
 
 # -------------------------------------------------------------------------------------------- defense
