@@ -81,7 +81,11 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
                             + " (other tasks or attacks have them).")
     one_seed = [f"{t.task} · {r.defense} ({r.budget_text}) · {t.attack} · profile {t.profile}"
                 for t in tables for r in t.rows if len(r.seeds) == 1]
-    if one_seed:
+    total = sum(len(t.rows) for t in tables)
+    if one_seed and len(one_seed) == total:  # a one-seed sweep: naming every configuration says nothing more
+        msgs.append(f"every configuration ({total}) has one seed only, so no confidence interval (marked †). "
+                    "Run at least 3 seeds for published numbers.")
+    elif one_seed:
         msgs.append(f"{len(one_seed)} configuration(s) have one seed only, so no confidence interval: "
                     + "; ".join(one_seed) + ". Run at least 3 seeds for published numbers.")
     return msgs

@@ -344,3 +344,12 @@ def test_visual_grid_shows_each_tables_own_cells(sweep, report):
             assert (cell["task"], cell["attack"], cell["status"]) == (table.task, table.attack, "done")
             assert cell["seed"] == 0  # the seed every row has
             assert (sweep / "artifacts" / cell["key"] / "samples" / "student.png").is_file()
+
+
+def test_one_seed_sweep_is_summarised_not_listed(tmp_path):
+    store = Store(tmp_path / "s")
+    for i, name in enumerate(["asvp", "blurry", "none"]):
+        store.put_cell(_cell(f"k{i}", name, {}, 0, student=1.0 - 0.5 * i))
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
+    (msg,) = [m for m in rep.messages if "one seed only" in m]
+    assert msg.startswith("every configuration (3) has one seed only") and "blurry" not in msg
