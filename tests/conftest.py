@@ -43,6 +43,47 @@ def bench_report(request):
                 reporter.write_line(line)
 
 
+@pytest.fixture
+def paired_rounds(bench_report):
+    """``paired_rounds(benchmark, fns, x, rounds, title)``: see :func:`time_paired_rounds`; the lines go to
+    the module's ``bench_report``."""
+    return lambda benchmark, fns, x, rounds, title: time_paired_rounds(benchmark, fns, x, rounds, title,
+                                                                       bench_report)
+
+
+def time_paired_rounds(benchmark, fns: dict, x, rounds: int, title: str, report: list[str]) -> dict[str, float]:
+    """Time every callable of ``fns`` on ``x`` once per round, interleaved, so that drift in the machine's
+    speed hits all alike; report median and fastest ms with their ratios to ``fns``' first entry (the
+    undefended teacher). The fastest round is each variant's cost with the least interference."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def one_round():
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+
+    with torch.no_grad():
+        for fn in fns.values():  # warm up
+            fn(x)
+        benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    fastest = {name: min(ts) * 1e3 for name, ts in times.items()}
+    base, base_min = next(iter(medians.values())), next(iter(fastest.values()))
+    ratios = {n: ms / base for n, ms in medians.items()}
+    benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
+    benchmark.extra_info.update({f"{n}_ratio": round(r, 3) for n, r in ratios.items()})
+    benchmark.extra_info.update({f"{n}_min_ratio": round(ms / base_min, 3) for n, ms in fastest.items()})
+    report.append(f"{title}, {torch.get_num_threads()} torch threads, {rounds} interleaved rounds: "
+                  "median and fastest ms (ratio to the teacher)")
+    report.extend(f"  {n:15s} {ms:8.1f} ms ({ms / base:.2f}x)   {fast:8.1f} ms ({fast / base_min:.2f}x)"
+                  for (n, ms), fast in zip(medians.items(), fastest.values()))
+    return ratios
+
+
 def write_noisy_pairs(root, n: int = 5, size: tuple[int, int] = (40, 48)):
     """A folder task's data: ``root/input`` and ``root/target`` with ``n`` noisy/clean PNG pairs."""
     import numpy as np

@@ -18,8 +18,6 @@ printed at the end of the run and stored in its ``extra_info``. ``ASVP_BENCH_ROU
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import pytest
 import torch
@@ -71,28 +69,6 @@ def test_served_forward(benchmark, served, variant):
 
 
 @pytest.mark.benchmark(group="asvp-256-paired")
-def test_paired_rounds(benchmark, served, bench_report):
+def test_paired_rounds(benchmark, served, paired_rounds):
     fns, x = served
-    times: dict[str, list[float]] = {name: [] for name in fns}
-
-    def one_round():
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn(x)
-            times[name].append(time.perf_counter() - start)
-
-    with torch.no_grad():
-        for fn in fns.values():  # warm up
-            fn(x)
-        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
-    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    # the fastest round is each variant's cost with the least interference from the rest of the machine
-    fastest = {name: min(ts) * 1e3 for name, ts in times.items()}
-    base, base_min = medians["teacher"], fastest["teacher"]
-    benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
-    benchmark.extra_info.update({f"{n}_ratio": round(ms / base, 3) for n, ms in medians.items()})
-    benchmark.extra_info.update({f"{n}_min_ratio": round(ms / base_min, 3) for n, ms in fastest.items()})
-    bench_report.append(f"ASVP served forward, 1x3x256x256, RestorationCNN(32, 4), {torch.get_num_threads()} "
-                        f"torch threads, {ROUNDS} interleaved rounds: median and fastest ms (ratio to the teacher)")
-    bench_report.extend(f"  {n:15s} {ms:8.1f} ms ({ms / base:.2f}x)   {fast:8.1f} ms ({fast / base_min:.2f}x)"
-                        for (n, ms), fast in zip(medians.items(), fastest.values()))
+    paired_rounds(benchmark, fns, x, ROUNDS, "ASVP served forward, 1x3x256x256, RestorationCNN(32, 4)")

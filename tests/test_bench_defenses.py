@@ -16,8 +16,6 @@ changed teacher of the same architecture, at the teacher's cost. ``DEFENSE_BENCH
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import pytest
 import torch
@@ -42,7 +40,7 @@ def _default_threads(bench_report):
 
 
 @pytest.mark.benchmark(group="defenses-request")
-def test_paired_rounds(benchmark, bench_report):
+def test_paired_rounds(benchmark, paired_rounds):
     torch.manual_seed(0)
     model = RestorationCNN(32, 4).eval()
     x = torch.rand(16, 3, 64, 64)
@@ -57,26 +55,8 @@ def test_paired_rounds(benchmark, bench_report):
             defense.surrogate = RestorationCNN(16, 2).eval().requires_grad_(False)
         wrappers.append(defense.serve(model))
         fns[name] = wrappers[-1]
-    times: dict[str, list[float]] = {name: [] for name in fns}
-
-    def one_round():
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn(x)
-            times[name].append(time.perf_counter() - start)
-
     try:
-        with torch.no_grad():
-            for fn in fns.values():  # warm up
-                fn(x)
-            benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+        paired_rounds(benchmark, fns, x, ROUNDS, "one request of 16 x 3x64x64 queries, RestorationCNN(32, 4)")
     finally:
         for w in wrappers:
             w.close()
-    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    base = medians["teacher"]
-    benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
-    benchmark.extra_info.update({f"{n}_ratio": round(ms / base, 3) for n, ms in medians.items()})
-    bench_report.append(f"one request of 16 x 3x64x64 queries, RestorationCNN(32, 4), {torch.get_num_threads()} "
-                   f"torch threads, {ROUNDS} interleaved rounds: median ms (ratio to the teacher)")
-    bench_report.extend(f"  {n:13s} {ms:8.1f} ms  ({ms / base:.2f}x)" for n, ms in medians.items())
