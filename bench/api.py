@@ -117,6 +117,8 @@ class Defense(Plugin):
     #: (value at which the defense costs nothing, a first upper guess) for calibration's bracket; the
     #: cost must grow with the strength from the first value on. None: (0, the parameter's default).
     strength_range: ClassVar[tuple[float, float] | None] = None
+    #: what to loosen when the strength alone cannot reach a budget (ends calibration's error message)
+    saturation_hint: ClassVar[str] = "loosen its other parameters"
     #: feature perturbations flow on through the model (answers change) rather than only being exposed
     inline: bool = False
 

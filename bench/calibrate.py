@@ -133,7 +133,8 @@ def default_tol(budget_db: float) -> float:
 
 def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: float, *,
                   tol: float = DEFAULT_TOL_DB, max_evals: int = DEFAULT_MAX_EVALS,
-                  what: str = "the defense") -> tuple[float, float, list[tuple[float, float]]]:
+                  what: str = "the defense", hint: str = "loosen its other parameters",
+                  ) -> tuple[float, float, list[tuple[float, float]]]:
     """The strength s with cost(s) within ``tol`` of ``budget``: (s, cost(s), [(s_i, cost_i) tried]).
 
     ``cost(lo)`` is taken as 0 (not evaluated); the bracket's upper end doubles its distance from ``lo``
@@ -157,8 +158,7 @@ def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: 
         if doublings >= MAX_DOUBLINGS or stalled >= STALLED_DOUBLINGS:
             why = "saturated" if stalled >= STALLED_DOUBLINGS else "the largest tried"
             raise BenchError(f"{what} costs the teacher only {f_hi:.3f} dB on calib at strength {hi:g} "
-                             f"({why}), less than the budget {budget:g} dB; use a smaller budget or loosen its "
-                             "other parameters.")
+                             f"({why}), less than the budget {budget:g} dB; use a smaller budget or {hint}.")
         lo, f_lo = hi, f_hi
         hi = identity + 2 * (hi - identity)
         f_hi = f(hi)
@@ -247,7 +247,7 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
                                  f"{lo:g}, so that is not its no-cost value; declare strength_range = (no-cost "
                                  "value, first upper guess) on the plugin.")
         value, achieved, trace = find_strength(cost, budget, lo, hi, tol=tol, max_evals=max_evals,
-                                               what=f"defense '{defense.name}'")
+                                               what=f"defense '{defense.name}'", hint=defense.saturation_hint)
     result = Calibration(key, defense.strength, value, float(budget), achieved, len(trace), False, trace)
     store.put_calibration({
         "key": key, "task": task.name, "defense": defense.name, "budget_db": float(budget),

@@ -348,6 +348,9 @@ class ASVP(Defense):
     Params: ClassVar[type] = Params
     strength: ClassVar[str | None] = "h"
     strength_range: ClassVar[tuple[float, float] | None] = (1.0, 2.0)  # h = 1 is the identity
+    # the coherence bound caps ||dF|| at rho ||F|| whatever h is; on some models that is too little to matter
+    saturation_hint: ClassVar[str] = ("raise the coherence bound (--set defense.rho=2) or drop it "
+                                      "(--set defense.coherence=false)")
     version: ClassVar[str] = "1"
 
     @property

@@ -38,8 +38,8 @@ def test_find_strength_reports_a_cost_that_saturates_below_the_budget():
         evaluations.append(s)
         return 0.3 * (1 - math.exp(-s))
 
-    with pytest.raises(BenchError, match="saturated"):
-        find_strength(cost, 0.5, 0.0, 1.0, what="defense 'x'")
+    with pytest.raises(BenchError, match="saturated.*smaller budget or raise x's cap"):
+        find_strength(cost, 0.5, 0.0, 1.0, what="defense 'x'", hint="raise x's cap")
     assert len(evaluations) <= 9
 
 
