@@ -133,7 +133,7 @@ def default_tol(budget_db: float) -> float:
 
 def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: float, *,
                   tol: float = DEFAULT_TOL_DB, max_evals: int = DEFAULT_MAX_EVALS,
-                  what: str = "the defense", hint: str = "loosen its other parameters",
+                  what: str = "the defense", hint: str = Defense.saturation_hint,
                   ) -> tuple[float, float, list[tuple[float, float]]]:
     """The strength s with cost(s) within ``tol`` of ``budget``: (s, cost(s), [(s_i, cost_i) tried]).
 
