@@ -1,6 +1,6 @@
 """Many cells: ``bench sweep`` runs a grid in stages so that shared work is done once (DESIGN section 7).
 
-Stages, each a parallel map over its unique jobs (found by cache key), each finished before the next:
+Stages of unique jobs (found by cache key):
 
 1. ``teachers``: one job per teacher key (task, profile's teacher fields, teacher seed) not yet cached;
 2. ``defense fits``: one job per (teacher, defense + params, seed, profile) whose defense trains
@@ -9,9 +9,13 @@ Stages, each a parallel map over its unique jobs (found by cache key), each fini
    profile: shared by its seeds and attacks), which calibrates (:mod:`bench.calibrate`) and fits the
    defense at the calibrated strength, so that cells never calibrate the same defense side by side;
 3. ``reference students``: one job per reference-student key not yet cached (cells that differ only in
-   their defense share it);
+   their defense share it); ``ground-truth students`` likewise (they need no teacher);
 4. ``cells``: every cell without a ``done`` row in the store, by :func:`bench.pipeline.run_cell`, which
    finds the models of stages 1-3 in the artifacts cache and writes its row as soon as it finishes.
+
+Stages run in three waves (``WAVES``), each one parallel map finished before the next: teachers with
+ground-truth students, then defense fits with reference students, then cells. A wave starts its longest
+jobs first (``_expected_cost``), so workers do not idle at its tail.
 
 Workers get :class:`bench.pipeline.CellSpec` (plain data) and return small dicts; models travel only
 as files in ``$BENCH_HOME/artifacts``, so the store folder must be one every worker reaches. A job
@@ -74,6 +78,10 @@ from bench.query import GroundTruthUnsupported
 from bench.store import Store
 
 STAGES = ("teachers", "defense fits", "reference students", "ground-truth students", "cells")
+# Stages whose jobs do not depend on each other run as one parallel map (a wave), longest jobs first, so
+# that no worker idles at a stage's tail while another finishes its last long job: ground-truth students
+# need no teacher, defense fits and reference students need only the teachers.
+WAVES = (("teachers", "ground-truth students"), ("defense fits", "reference students"), ("cells",))
 BACKENDS = ("loky", "dask")
 
 # Workers of this process's sweeps claim their index (and so their GPU) in this folder, on their machine;
@@ -187,6 +195,20 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
             needs.append(g_key)
         add("cells", key, key, tuple(needs))
     return out
+
+
+def _expected_cost(job: Job) -> float:
+    """A rough relative duration, to start long jobs first (a worse guess only costs idle time):
+    a teacher trains longest, then calibrations (several evaluations, a training-time defense retrains
+    at each), fits, students; a cell whose attacked student is its reference student only scores."""
+    spec = job.spec
+    if job.stage == "teachers":
+        return 100.0
+    if job.stage == "defense fits":
+        return 50.0 if spec.budget_db is not None else 20.0
+    if job.stage == "cells" and spec.defense == "none":
+        return 1.0
+    return 10.0 + (spec.attack != "vanilla_kd")  # feature-level attacks train regressors too
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -382,26 +404,28 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
             pbar.write(f"failed: {labels[key]}: {error}", file=sys.stderr)
 
         status()
-        for stage in STAGES:
+        for wave in WAVES:
             todo = []
-            for job in the_plan.jobs[stage]:
+            for job in sorted((j for stage in wave for j in the_plan.jobs[stage]), key=_expected_cost,
+                              reverse=True):
                 upstream = next((failed_jobs[k] for k in job.needs if k in failed_jobs), None)
                 if upstream is None:
                     todo.append(job)
                     continue
                 failed_jobs[job.key] = upstream
                 pbar.update(1)
-                if stage == "cells":
+                if job.stage == "cells":
                     fail_cell(job.key, upstream)
                     if (store.get_cell(job.key) or {}).get("status") != "done":  # never replace a done row
                         store.put_cell(_failed_row(cells[job.key], upstream))
+            name = " & ".join(stage for stage in wave if the_plan.jobs[stage]) or wave[0]
             n_done = 0
-            pbar.set_description(f"{stage} 0/{len(todo)}")
-            for job, res in _execute(todo, stage, par_jobs, home_s, force, threads, warn=pbar.write):
+            pbar.set_description(f"{name} 0/{len(todo)}")
+            for job, res in _execute(todo, par_jobs, home_s, force, threads, warn=pbar.write):
                 n_done += 1
-                pbar.set_description(f"{stage} {n_done}/{len(todo)}")
+                pbar.set_description(f"{name} {n_done}/{len(todo)}")
                 pbar.update(1)
-                if stage == "cells":
+                if job.stage == "cells":
                     if res["ok"]:
                         cached += res["cached"]
                         ran += not res["cached"]
@@ -410,8 +434,8 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
                         if res.get("died") and (store.get_cell(job.key) or {}).get("status") != "done":
                             store.put_cell(_failed_row(cells[job.key], res["error"]))
                 elif not res["ok"]:
-                    failed_jobs[job.key] = f"{stage[:-1]} failed: {res['error']}"
-                    pbar.write(f"failed: {stage[:-1]} for {labels[job.cell]}: {res['error']}", file=sys.stderr)
+                    failed_jobs[job.key] = f"{job.stage[:-1]} failed: {res['error']}"
+                    pbar.write(f"failed: {job.stage[:-1]} for {labels[job.cell]}: {res['error']}", file=sys.stderr)
                 status()
         pbar.set_description("sweep done")
         status()
@@ -425,7 +449,7 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
                        wall_s=time.time() - start, labels=labels)
 
 
-def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, threads: int | None, *,
+def _execute(jobs: list[Job], n_jobs: int, home: str, force: bool, threads: int | None, *,
              warn: Any = print) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Run ``jobs`` on the configured backend; yields (job, result) as each finishes.
 
@@ -445,7 +469,7 @@ def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, t
         finished: set[int] = set()
         try:
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1)(
-                delayed(_tagged)(i, stage, job.spec, home, force, threads, str(marks / str(i)), _SLOT_DIR)
+                delayed(_tagged)(i, job.stage, job.spec, home, force, threads, str(marks / str(i)), _SLOT_DIR)
                 for i, job in enumerate(batch))
             for i, res in results:
                 finished.add(i)
@@ -461,7 +485,7 @@ def _execute(jobs: list[Job], stage: str, n_jobs: int, home: str, force: bool, t
                 running = [i for i in unfinished if (marks / str(i)).exists()] or unfinished
                 alone += [batch[i] for i in running]
                 pending = [batch[i] for i in unfinished if i not in running]
-                warn(f"{error}; {stage}: retrying the {len(running)} job(s) that were running one at a time, "
+                warn(f"{error}; {batch[0].stage}: retrying the {len(running)} job(s) that were running one at a time, "
                      f"{len(pending)} more together", file=sys.stderr)
         finally:
             shutil.rmtree(marks, ignore_errors=True)

@@ -285,8 +285,19 @@ def test_two_sweeps_at_once_on_one_store_and_failing_cells(tmp_path):
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-def test_budgeted_cells_share_one_calibration_job_per_defense_and_budget(tmp_path):
-    """Seeds and attacks share a calibration: it runs once, in the defense-fit stage, never in the cells."""
+def test_budgeted_cells_share_one_calibration_job_per_defense_and_budget(tmp_path, monkeypatch):
+    """Seeds and attacks share a calibration: it runs once, in the defense-fit stage, never in the cells.
+    Independent stages run as one parallel map each (three waves), their longest jobs first."""
+    from bench import scheduler
+
+    waves: list[list[tuple[str, str]]] = []
+    real_execute = scheduler._execute
+
+    def recording_execute(jobs, *args, **kwargs):
+        waves.append([(j.stage, j.spec.defense) for j in jobs])
+        yield from real_execute(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "_execute", recording_execute)
     specs = make_grid(tasks="derain", defenses="none,output_noise,nasty_teacher", seeds="0-1", budgets="0.5",
                       profile="smoke", sets=parse_sets(["profile.teacher_steps=4", "profile.student_steps=4",
                                                         "defense.steps=30", "defense.lr=0.003"])).specs()
@@ -301,3 +312,7 @@ def test_budgeted_cells_share_one_calibration_job_per_defense_and_budget(tmp_pat
         by_defense.setdefault(r["defense"], set()).add(r["metrics"]["strength"])
         assert abs(r["metrics"]["calib_drop_db"] - 0.5) <= 0.02
     assert all(len(v) == 1 for v in by_defense.values())  # one calibrated strength for both seeds
+    assert [sorted({stage for stage, _ in w}) for w in waves] == [
+        ["ground-truth students", "teachers"], ["defense fits", "reference students"], ["cells"]]
+    assert waves[0][0][0] == "teachers" and waves[1][0][0] == "defense fits"  # the long jobs first
+    assert {d for _, d in waves[2][-2:]} == {"none"}  # cells that only score go last
