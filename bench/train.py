@@ -7,7 +7,8 @@ Adam with cosine learning-rate decay and gradient clipping; a non-finite loss st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,6 +30,19 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 def l1_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     inputs, targets = batch
     return F.l1_loss(model(inputs), targets)
+
+
+@contextmanager
+def _channels_last(model: nn.Module) -> Iterator[None]:
+    """Train with channels-last weights: CPU convolutions then take oneDNN's NHWC kernels, and a step of
+    the quick profile's student is ~1.5x faster on one core (tests/test_bench_training.py). The parameters
+    keep their identity (the optimiser's are the model's); their layout goes back to the default
+    afterwards, so saved weights and every later forward pass are as before."""
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def train(
@@ -61,7 +75,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float] = []
-    with bar(total=steps, desc=desc, show=progress, unit="step") as pbar:
+    with bar(total=steps, desc=desc, show=progress, unit="step") as pbar, _channels_last(model):
         for step in range(steps):
             batch = next_batch(gen)
             loss = loss_fn(model, batch)
