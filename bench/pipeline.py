@@ -27,7 +27,7 @@ from torch import nn
 import bench
 from bench import BenchError, adaptive
 from bench.api import Attack, AttackContext, Defense, FitContext, Task
-from bench.cache import Artifacts, config_key
+from bench.cache import Artifacts, atomic_write_bytes, config_key
 from bench.calibrate import calibrated_cell, check_budget
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
@@ -42,6 +42,7 @@ from bench.usermodel import UserModel
 
 TEACHER_RECIPE = "1"  # bump when the teacher training recipe in this file changes
 STUDENT_RECIPE = "1"
+SCORES_RECIPE = "1"  # bump when evaluate() or bench.metrics changes: scores of cached models are kept
 
 
 @dataclass(frozen=True)
@@ -306,13 +307,33 @@ def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
 
 
+def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts, model_key: str, who: str, *,
+           force: bool = False) -> dict[str, float]:
+    """:func:`evaluate`, remembered in the artifact folder of a cached model (``model_key``): the teacher
+    and the reference and ground-truth students are shared by many cells, and scoring them again on the
+    test images was a third of each cell's scoring time. Keyed by ``who``, the pool's images and the
+    task's metric settings; a file that cannot be read is recomputed."""
+    from bench.calibrate import pool_digest
+
+    name = config_key({"kind": "scores", "recipe": SCORES_RECIPE, "who": who, "pool": pool_digest(pool),
+                       "y_channel": task.y_channel, "shave": task.shave})
+    path = artifacts.dir(model_key) / f"scores-{name}.json"
+    if not force:
+        try:
+            cached = json.loads(path.read_text())
+            return {"psnr": float(cached["psnr"]), "ssim": float(cached["ssim"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    scores = evaluate(model, pool, task)
+    atomic_write_bytes(path, json.dumps(scores).encode())  # floats round-trip exactly through JSON
+    return scores
+
+
 @torch.no_grad()
 def save_samples(folder: Path, pool: Pool, task: Task, models: dict[str, nn.Module], index: int = 0) -> None:
     """PNGs of one test image through every model (input, target, teacher, served, students) for the
     report's visual grid; the input is shown at output size (SR: bicubic)."""
     import imageio.v3 as iio
-
-    from bench.cache import atomic_write_bytes
 
     x, y = pool.degraded[index][None], pool.clean[index][None]
     images = {"input": task.baseline(x), "target": y}
@@ -420,17 +441,19 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
 
     t = time.perf_counter()
     test = splits.test
+    ref_key = config_key(reference_config(cell, teacher_key))
     with defense.serve(teacher) as served:
-        scores = {
-            "input": evaluate(None, test, task),
-            "teacher": evaluate(teacher, test, task),
-            "served": evaluate(served, test, task),
-            "student_ref": evaluate(ref_student, test, task),
-            "student": evaluate(student, test, task),
-        }
+        # the teacher, the reference and ground-truth students are shared by many cells: scored once
+        scores = {"input": scored(None, test, task, artifacts, teacher_key, "input", force=force),
+                  "teacher": scored(teacher, test, task, artifacts, teacher_key, "teacher", force=force),
+                  "student_ref": scored(ref_student, test, task, artifacts, ref_key, "student", force=force)}
+        # a defense that touches no answers serves the teacher's own forward pass (the same numbers)
+        scores["served"] = evaluate(served, test, task) if "answers" in defense.channels() else scores["teacher"]
+        scores["student"] = scores["student_ref"] if shortcut else evaluate(student, test, task)
         models = {"teacher": teacher, "served": served, "student_ref": ref_student, "student": student}
         if gt is not None:
-            scores["student_gt"] = evaluate(gt, test, task)
+            gt_key = config_key(gt_config(cell))
+            scores["student_gt"] = scored(gt, test, task, artifacts, gt_key, "student", force=force)
             models["student_gt"] = gt
         save_samples(artifacts.dir(cell.key) / "samples", test, task, models)
     timings["score_s"] = time.perf_counter() - t

@@ -237,7 +237,8 @@ class NastyTeacher(Defense):
             return copy.deepcopy(teacher)
 
         def train_fn(model: nn.Module) -> dict[str, Any]:
-            frozen = copy.deepcopy(teacher).eval().requires_grad_(False)
+            # channels-last like the copy in training (bench.train): its forward pass is a third of a step
+            frozen = copy.deepcopy(teacher).eval().requires_grad_(False).to(memory_format=torch.channels_last)
             model.requires_grad_(True)
             cap_n, cap_t = _Capture(model, layers), _Capture(frozen, layers)
             owner = splits.owner

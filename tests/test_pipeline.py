@@ -58,3 +58,27 @@ def test_cell_key_depends_on_what_changes_results():
     assert resolve(_spec(defense_params={"h": "2"}, defense="asvp")).key != resolve(_spec(defense="asvp")).key
     assert resolve(_spec(profile_params={"student_steps": "7"})).key != base
     assert resolve(_spec()).key == base
+
+
+def test_shared_models_are_scored_once_and_equal_a_fresh_evaluation(tmp_path):
+    """The teacher and the reference/ground-truth students are scored once per store; a second cell reads
+    the same numbers, which equal scoring the models again; a damaged score file is recomputed."""
+    from bench.cache import Artifacts
+    from bench.pipeline import evaluate, get_teacher, scored
+
+    first = run_cell(_spec(defense="asvp", defense_params={"h": "2.0"}), home=tmp_path, progress=False)["metrics"]
+    files = sorted((tmp_path / "artifacts").glob("*/scores-*.json"))
+    assert len(files) == 4  # input and teacher (teacher's folder), reference student, ground-truth student
+    second = run_cell(_spec(defense="output_noise"), home=tmp_path, progress=False)["metrics"]
+    for k in ("input_psnr", "teacher_psnr", "student_ref_psnr", "student_gt_psnr", "teacher_ssim"):
+        assert first[k] == second[k], k
+    cell = resolve(_spec())
+    artifacts = Artifacts(tmp_path)
+    teacher, key, trained = get_teacher(cell.task, cell.profile, 0, artifacts, progress=False)
+    assert not trained
+    test = cell.task.splits().test
+    fresh = evaluate(teacher, test, cell.task)
+    assert fresh == {"psnr": first["teacher_psnr"], "ssim": first["teacher_ssim"]}
+    for f in files:
+        f.write_text("{not json")
+    assert scored(teacher, test, cell.task, artifacts, key, "teacher") == fresh
