@@ -227,7 +227,9 @@ def _per_matrix_k(k: int | torch.Tensor, features: torch.Tensor, layout: str) ->
 
 def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | None, h: float, *,
                   tau: float = 1.0, k_max: int = 1, oversample: int = 8, power_iters: int = 1):
-    """(mats, transposed, L, R, total): the perturbation of every matrix as L @ R; k=None: energy rule."""
+    """(mats, transposed, L, R, total, kept): the perturbation of every matrix as L @ R, ||A||^2 and
+    ||P_k A||^2 = the sum of the top-k squared singular values (so ||L @ R|| = |h - 1| sqrt(kept));
+    k=None: energy rule."""
     mats, transposed = _matrices(features, layout)
     kt = None if k is None else _per_matrix_k(k, features, layout)
     rank = k_max if kt is None else int(kt.max())
@@ -235,7 +237,8 @@ def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | N
     if kt is None:
         kt = _k_from_energy(ev, total, tau, k_max)
     left, right = _factors(q, bm, u, kt, h)
-    return mats, transposed, left, right, total
+    kept = (ev * (torch.arange(ev.shape[-1], device=ev.device) < kt.unsqueeze(-1))).sum(-1)
+    return mats, transposed, left, right, total, kept
 
 
 # ------------------------------------------------------------------------------------- public helpers
@@ -246,8 +249,8 @@ def amplify_top_k(features: torch.Tensor, k: int | torch.Tensor, h: float, layou
     ``k``: an int, or a LongTensor with one k per sample (N,) or, for the spatial layout, per
     (sample, channel) (N, C). Fast paths: Gram eigen-decomposition (channel), randomized SVD (spatial).
     """
-    mats, transposed, left, right, _ = _fast_factors(features, layout, k, h, oversample=oversample,
-                                                     power_iters=power_iters)
+    mats, transposed, left, right, _, _ = _fast_factors(features, layout, k, h, oversample=oversample,
+                                                        power_iters=power_iters)
     return _from_matrices(torch.baddbmm(mats, left, right), transposed, features.shape)
 
 
@@ -314,15 +317,16 @@ def perturb(features: torch.Tensor, p: Params) -> torch.Tensor:
     """ASVP's perturbed features for one layer under ``p`` (the whole algorithm; deterministic)."""
     n = features.shape[0]
     k = p.k if p.k_mode == "fixed" else None
+    kept = None  # ||P_k F||^2 per sample, where known from the spectrum
     if p.use_reference:
         kt = None if k is None else _per_matrix_k(k, features, p.layout)
         delta = _reference_delta(features, kt, p.h, p.layout, p.tau, p.k_max)
         total = features.double().pow(2).flatten(1).sum(1)
     else:
-        mats, transposed, left, right, total = _fast_factors(
+        mats, transposed, left, right, total, kept = _fast_factors(
             features, p.layout, k, p.h, tau=p.tau, k_max=p.k_max, oversample=p.oversample,
             power_iters=p.power_iters)
-        total = total.view(n, -1).sum(1)
+        total, kept = total.view(n, -1).sum(1), kept.view(n, -1).sum(1)
         if p.layout == "channel" and p.coherence:
             # dF = L @ R with orthonormal columns in L (C, r): the per-pixel energy of dF is that of R's
             # column, so mask and bound act on the small R and one fused product gives the answer.
@@ -335,8 +339,13 @@ def perturb(features: torch.Tensor, p: Params) -> torch.Tensor:
             return delta  # F + L R in one product
     if not p.coherence:
         return features + delta
-    # in place on the fresh delta: each full-size temporary costs about as much as the arithmetic
-    delta.mul_(coherence_mask(features, p.window))
+    mask = coherence_mask(features, p.window)
+    # The mask is at most 1, so ||mask * dF|| <= ||dF|| = |h - 1| ||P_k F||, known from the spectrum: where
+    # that is within rho ||F|| for every sample, the bound cannot bind and the answer is one fused pass
+    # (no pass over the masked dF for its norm; each full-size pass costs about as much as the arithmetic).
+    if kept is not None and bool(((p.h - 1.0) ** 2 * kept <= p.rho ** 2 * total).all()):
+        return torch.addcmul(features, delta, mask)
+    delta.mul_(mask)  # in place on the fresh delta
     scale = _bound_scale(torch.linalg.vector_norm(delta.flatten(1), dim=1), total, p.rho)
     return delta.mul_(scale.to(delta.dtype).view(n, 1, 1, 1)).add_(features)
 

@@ -174,6 +174,21 @@ def test_coherence_fused_channel_path_matches_generic():
         assert rel(fast - f, ref - f) < 1e-4
 
 
+@pytest.mark.parametrize("h", [1.4, 0.7])
+def test_coherence_unbound_spatial_path_is_one_fused_pass_with_the_same_answer(h):
+    """Where |h - 1| <= rho the bound cannot bind: F + mask * dF directly, equal to the reference
+    (exact rank, so the randomized SVD finds the subspace exactly)."""
+    from defenses.asvp import amplify_top_k, coherence_mask
+
+    f = low_rank_plus_noise(2, 3, 24, 30)
+    params = dict(h=h, rho=0.5, layout="spatial", k_mode="fixed", k=3)
+    fast = perturb(f, make(**params).params)
+    expected = f + coherence_mask(f, 7) * (amplify_top_k(f, 3, h, "spatial") - f)
+    assert torch.allclose(fast, expected, rtol=1e-5, atol=1e-6)
+    ref = perturb(f, make(**params, use_reference=True).params)
+    assert rel(fast - f, ref - f) < 1e-4
+
+
 # -------------------------------------------------------------------------------------------- serving
 def test_feature_layers_and_channels():
     model = teacher()
