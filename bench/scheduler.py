@@ -199,13 +199,17 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
 
 def _expected_cost(job: Job) -> float:
     """A rough relative duration, to start long jobs first (a worse guess only costs idle time):
-    a teacher trains longest, then calibrations (several evaluations, a training-time defense retrains
-    at each), fits, students; a cell whose attacked student is its reference student only scores."""
+    a teacher trains longest, then calibrations (several evaluations; a training-time defense trains a
+    model at each, a runtime one only serves the calib images), fits, students; a cell whose attacked
+    student is its reference student only scores."""
     spec = job.spec
     if job.stage == "teachers":
         return 100.0
     if job.stage == "defense fits":
-        return 50.0 if spec.budget_db is not None else 20.0
+        trains = defense_fits(resolve(spec))
+        if spec.budget_db is not None:
+            return 80.0 if trains else 15.0
+        return 20.0
     if job.stage == "cells" and spec.defense == "none":
         return 1.0
     return 10.0 + (spec.attack != "vanilla_kd")  # feature-level attacks train regressors too
