@@ -1,9 +1,9 @@
 """``bench report``: every table and figure of a store, written to one folder.
 
 Outputs (``--format``, default all): ``leaderboard.md``, ``leaderboard.tex`` (booktabs tables to paste),
-``cells.csv`` (every cell, done and failed, one tidy row each), ``plots/*.png`` (trade-off, bars and
-visual grid per task) and ``report.html`` (all of it on one self-contained page; the figures are drawn
-for it even when ``plots`` is not asked for, and then not written as files).
+``cells.csv`` (every cell, done and failed, one tidy row each), ``plots/`` (trade-off and bar PNGs per
+task, a visual grid JPEG per task and attack) and ``report.html`` (all of it on one self-contained page;
+the figures are drawn for it even when ``plots`` is not asked for, and then not written as files).
 
 A store with nothing finished, failed cells, configurations with one seed, or missing sample images
 gives a report that says so (:func:`missing`), never a crash.
@@ -115,19 +115,21 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
             name += "_"
         used.add(name)
         if kind == "tradeoff":
-            png = plots.tradeoff(g, title)
+            image = plots.tradeoff(g, title)
             caption = (f"{task}, profile {profile}: teacher PSNR drop against student PSNR drop, one curve per "
                        "defense over its strengths or budgets, per attack; error bars are 95 % CIs over seeds.")
         elif kind == "bars":
-            png = plots.bars(g, title)
+            image = plots.bars(g, title)
             caption = f"{task}, profile {profile}: student PSNR drop per defense and attack (95 % CI over seeds)."
         else:
             chosen = grid_mod.chosen_cells(table, g)
             notes += grid_mod.missing_images(home, chosen, title)
-            png = grid_mod.grid(home, chosen, title)
+            image = grid_mod.grid(home, chosen, title)
             caption = (f"{task}, attack {table.attack}, profile {profile}: one test image through the teacher, the "
                        "served teacher and the students stolen from each (SR input: bicubic).")
-        out.append(Figure(profile=profile, task=task, kind=kind, caption=caption, filename=f"{name}.png", png=png))
+        jpeg = kind == "grid"
+        out.append(Figure(profile=profile, task=task, kind=kind, caption=caption, image=image,
+                          filename=f"{name}.jpg" if jpeg else f"{name}.png", dpi=grid_mod.GRID_DPI if jpeg else 200))
     return out, notes
 
 
@@ -164,7 +166,7 @@ def build_report(home: Path | str, out: Path | str | None = None, formats: tuple
         write("cells.csv", cells_mod.csv_frame(cells).to_csv(index=False).encode())
     if "plots" in formats:
         for f in report.figures:
-            write(f"plots/{f.filename}", f.png)
+            write(f"plots/{f.filename}", f.image)
     if "html" in formats:
         page = html_mod.page(tables, report.figures, failed, report.messages, store=store, n_done=n_done,
                              generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))

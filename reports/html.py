@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from dataclasses import dataclass
 
 import pandas as pd
@@ -39,22 +40,25 @@ pre { white-space: pre-wrap; margin: 0; font-size: .85rem; }
 
 @dataclass
 class Figure:
-    """A rendered figure: where it belongs (profile, task), what it shows, its file name and PNG bytes."""
+    """A rendered figure: where it belongs (profile, task), what it shows, its file name (.png or .jpg)
+    and image bytes, and the dpi it was drawn at."""
 
     profile: str
     task: str
     kind: str
     caption: str
     filename: str
-    png: bytes
+    image: bytes
+    dpi: int = 200
 
 
 def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(image: bytes, filename: str = ".png") -> str:
+    mime = "image/jpeg" if filename.lower().endswith((".jpg", ".jpeg")) else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
 
 
 def table_html(table: Table) -> str:
@@ -76,18 +80,21 @@ def table_html(table: Table) -> str:
             + "\n".join(body) + "\n</tbody></table></div>\n" + (f'<ul class="notes">{notes}</ul>\n' if notes else ""))
 
 
-def png_size(png: bytes) -> tuple[int, int]:
-    """(width, height) in pixels from a PNG's IHDR chunk."""
-    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+def image_size(image: bytes) -> tuple[int, int]:
+    """(width, height) in pixels of PNG or JPEG bytes."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as im:
+        return im.size
 
 
-#: figures are saved at 200 dpi; shown at 0.6 CSS px per pixel (about their print size at 120 dpi)
-DISPLAY_SCALE = 0.6
+#: figures are shown at about their print size at 120 dpi, whatever dpi they were drawn at
+DISPLAY_DPI = 120
 
 
 def figure_html(fig: Figure) -> str:
-    width = round(png_size(fig.png)[0] * DISPLAY_SCALE)
-    return (f'<figure><img src="{data_uri(fig.png)}" width="{width}" alt="{esc(fig.caption)}">'
+    width = round(image_size(fig.image)[0] * DISPLAY_DPI / fig.dpi)
+    return (f'<figure><img src="{data_uri(fig.image, fig.filename)}" width="{width}" alt="{esc(fig.caption)}">'
             f"<figcaption>{esc(fig.caption)}</figcaption></figure>\n")
 
 

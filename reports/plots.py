@@ -61,6 +61,13 @@ def png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(fig: Any, dpi: int, quality: int = 90) -> bytes:
+    """For figures of photographs: a fraction of the PNG's size at no visible loss."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=dpi, facecolor="white", pil_kwargs={"quality": quality})
+    return buf.getvalue()
+
+
 def _colors(families: list[str]) -> dict[str, tuple[str, str]]:
     """A stable (colour, marker) per defense family; the undefended reference is black."""
     from matplotlib import colormaps

@@ -161,10 +161,10 @@ def test_csv_has_every_cell_done_and_failed(sweep, report):
 
 
 def test_every_plot_is_a_valid_nonblank_image(report):
-    files = sorted((report.out / "plots").glob("*.png"))
+    files = sorted((report.out / "plots").glob("*.*"))
     names = {f.name for f in files}
     for task in TASKS:
-        assert {f"tradeoff-{task}-smoke.png", f"bars-{task}-smoke.png", f"grid-{task}-vanilla_kd-smoke.png"} <= names
+        assert {f"tradeoff-{task}-smoke.png", f"bars-{task}-smoke.png", f"grid-{task}-vanilla_kd-smoke.jpg"} <= names
     for f in files:
         assert f.stat().st_size > 0
         with Image.open(f) as im:
@@ -230,7 +230,7 @@ def test_html_page_renders_tables_and_images_in_headless_chromium(report, tmp_pa
     for t in report.tables:
         for r in t.rows:
             assert f"<td>{r.defense}</td>" in dom
-    imgs = re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', dom)
+    imgs = re.findall(r'<img src="data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]{1000,}"', dom)
     assert len(imgs) == len(report.figures) == 3 * len(TASKS)
 
 
