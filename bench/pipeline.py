@@ -28,7 +28,7 @@ import bench
 from bench import BenchError, adaptive
 from bench.api import Attack, AttackContext, Defense, FitContext, Task
 from bench.cache import Artifacts, atomic_write_bytes, config_key
-from bench.calibrate import calibrated_cell, check_budget
+from bench.calibrate import calibrated_cell, check_budget, pool_digest
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
 from bench.params import build
@@ -308,14 +308,13 @@ def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float
 
 
 def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts, model_key: str, who: str, *,
-           force: bool = False) -> dict[str, float]:
+           force: bool = False, digest: str | None = None) -> dict[str, float]:
     """:func:`evaluate`, remembered in the artifact folder of a cached model (``model_key``): the teacher
     and the reference and ground-truth students are shared by many cells, and scoring them again on the
     test images was a third of each cell's scoring time. Keyed by ``who``, the pool's images and the
-    task's metric settings; a file that cannot be read is recomputed."""
-    from bench.calibrate import pool_digest
-
-    name = config_key({"kind": "scores", "recipe": SCORES_RECIPE, "who": who, "pool": pool_digest(pool),
+    task's metric settings (``digest``: the pool's :func:`bench.calibrate.pool_digest`, when the caller has
+    it); a file that cannot be read is recomputed."""
+    name = config_key({"kind": "scores", "recipe": SCORES_RECIPE, "who": who, "pool": digest or pool_digest(pool),
                        "y_channel": task.y_channel, "shave": task.shave})
     path = artifacts.dir(model_key) / f"scores-{name}.json"
     if not force:
@@ -442,18 +441,19 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
     t = time.perf_counter()
     test = splits.test
     ref_key = config_key(reference_config(cell, teacher_key))
+    shared = {"force": force, "digest": pool_digest(test)}  # the test images are hashed once per cell
     with defense.serve(teacher) as served:
         # the teacher, the reference and ground-truth students are shared by many cells: scored once
-        scores = {"input": scored(None, test, task, artifacts, teacher_key, "input", force=force),
-                  "teacher": scored(teacher, test, task, artifacts, teacher_key, "teacher", force=force),
-                  "student_ref": scored(ref_student, test, task, artifacts, ref_key, "student", force=force)}
+        scores = {"input": scored(None, test, task, artifacts, teacher_key, "input", **shared),
+                  "teacher": scored(teacher, test, task, artifacts, teacher_key, "teacher", **shared),
+                  "student_ref": scored(ref_student, test, task, artifacts, ref_key, "student", **shared)}
         # a defense that touches no answers serves the teacher's own forward pass (the same numbers)
         scores["served"] = evaluate(served, test, task) if "answers" in defense.channels() else scores["teacher"]
         scores["student"] = scores["student_ref"] if shortcut else evaluate(student, test, task)
         models = {"teacher": teacher, "served": served, "student_ref": ref_student, "student": student}
         if gt is not None:
             gt_key = config_key(gt_config(cell))
-            scores["student_gt"] = scored(gt, test, task, artifacts, gt_key, "student", force=force)
+            scores["student_gt"] = scored(gt, test, task, artifacts, gt_key, "student", **shared)
             models["student_gt"] = gt
         save_samples(artifacts.dir(cell.key) / "samples", test, task, models)
     timings["score_s"] = time.perf_counter() - t

@@ -62,6 +62,7 @@ from bench.calibrate import calibrated_cell
 from bench.pipeline import (
     Cell,
     CellSpec,
+    answers_unchanged,
     fit_defense,
     get_teacher,
     gt_config,
@@ -197,22 +198,20 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     return out
 
 
-def _expected_cost(job: Job) -> float:
+def _expected_cost(job: Job, cell: Cell) -> float:
     """A rough relative duration, to start long jobs first (a worse guess only costs idle time):
     a teacher trains longest, then calibrations (several evaluations; a training-time defense trains a
     model at each, a runtime one only serves the calib images), fits, students; a cell whose attacked
-    student is its reference student only scores."""
-    spec = job.spec
+    student is its reference student only scores. ``cell``: the planned cell the job belongs to."""
     if job.stage == "teachers":
         return 100.0
     if job.stage == "defense fits":
-        trains = defense_fits(resolve(spec))
-        if spec.budget_db is not None:
-            return 80.0 if trains else 15.0
+        if job.spec.budget_db is not None:
+            return 80.0 if defense_fits(cell) else 15.0
         return 20.0
-    if job.stage == "cells" and spec.defense == "none":
+    if job.stage == "cells" and answers_unchanged(cell.defense, cell.attack):
         return 1.0
-    return 10.0 + (spec.attack != "vanilla_kd")  # feature-level attacks train regressors too
+    return 10.0 + (job.spec.attack != "vanilla_kd")  # feature-level attacks train regressors too
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -410,8 +409,8 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
         status()
         for wave in WAVES:
             todo = []
-            for job in sorted((j for stage in wave for j in the_plan.jobs[stage]), key=_expected_cost,
-                              reverse=True):
+            for job in sorted((j for stage in wave for j in the_plan.jobs[stage]),
+                              key=lambda j: _expected_cost(j, cells[j.cell]), reverse=True):
                 upstream = next((failed_jobs[k] for k in job.needs if k in failed_jobs), None)
                 if upstream is None:
                     todo.append(job)
