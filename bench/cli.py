@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from bench.allocator import keep_freed_memory
+
+    keep_freed_memory()  # CPU forwards stop page-faulting (only speed changes; see bench/allocator.py)
     debug = args.debug or os.environ.get("BENCH_DEBUG") == "1"
     func: Callable[[argparse.Namespace], int] = args.func
     start = time.time()

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from bench import BenchError
+from bench.allocator import keep_freed_memory
 from bench.api import Defense
 from bench.cache import Artifacts, config_key
 from bench.calibrate import calibrated_cell
@@ -256,6 +257,7 @@ def _setup_worker(threads: int | None, slot_dir: str) -> None:
     ``threads`` -1 (dask) means the worker's own thread count: jobs run one at a time per process."""
     if _WORKER.get("ready"):
         return
+    keep_freed_memory()
     if threads == -1:
         threads = _dask_worker_threads()
     if threads:

@@ -5,6 +5,10 @@ import os
 import pytest
 import torch
 
+from bench.allocator import keep_freed_memory
+
+# The same allocator settings as the ``bench`` command, so tests and benchmarks run as it does.
+keep_freed_memory()
 # Tests are tiny; one thread keeps them stable on a 2-core CI machine and leaves a core for pytest.
 torch.set_num_threads(1)
 os.environ.setdefault("BENCH_PROGRESS", "0")
