@@ -56,7 +56,7 @@ from typing import Any
 import torch
 
 from bench import BenchError
-from bench.allocator import keep_freed_memory
+from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.api import Defense
 from bench.cache import Artifacts, config_key
 from bench.calibrate import calibrated_cell
@@ -283,7 +283,10 @@ def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None
     threads) would not be reproducible."""
     with _JOB_LOCK:
         _setup_worker(threads, slot_dir)
-        return _work(stage, spec, home, force)
+        try:
+            return _work(stage, spec, home, force)
+        finally:
+            release_freed_memory()  # a worker's memory between jobs stays what it holds, not its last peak
 
 
 def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:

@@ -47,19 +47,20 @@ How it is computed (ASVP runs on every query, so the hot path does no SVD of a l
   Because U_k has orthonormal columns, the per-pixel energy of dF is that of the small k x HW factor
   U_k^T F, so the coherence mask and bound are applied to that factor and one fused product
   F + U_k (s * mask * (h - 1) U_k^T F) gives the answer (s: the bound's scale). At the defaults, on
-  RestorationCNN(32, 4) and a 1x3x256x256 input on 2 CPU cores, the served forward costs about 1.2x
-  the teacher's (tests/test_bench_asvp.py); a full SVD costs about 3.5x.
+  RestorationCNN(32, 4) and a 1x3x256x256 input on 2 CPU cores, the served forward costs about 1.15x
+  the teacher's (tests/test_bench_asvp.py; the spatial layout about 1.22x); a full SVD about 3.4x.
 - ``spatial``: a randomized low-rank SVD (Halko, Martinsson, Tropp 2011) of each H x W matrix, taken
   with its shorter side as rows: a Gaussian test matrix with ``k + oversample`` columns (``k_max`` in
-  energy mode), ``power_iters`` power iterations re-orthonormalised by QR, then the eigen-decomposition
-  of the small projected Gram matrix. The test matrix comes from a generator with a fixed seed, the
+  energy mode), ``power_iters`` power iterations (Y <- A (A^T orth(Y)); only this left iterate is
+  re-orthonormalised by QR, which spans the same subspace as orthonormalising both), then the
+  eigen-decomposition of the small projected Gram matrix. The test matrix comes from a generator with a fixed seed, the
   same for every matrix, so answers are deterministic and do not depend on the rest of the batch. When
   the shorter side is at most ``k + oversample`` the exact Gram path is used. The randomized path is
   exact up to ~(sigma_{l+1} / sigma_k)^(2 power_iters + 1); on spectra without a gap the amplified
   subspace is an approximation (so is the "top-k" itself then). ``power_iters`` defaults to 1, for speed:
-  on the quick derain teacher (a 256x256 photo, h = 1.5) the answer's perturbation differs from the
-  full-SVD one by 11 % (relative L2) at 1 iteration, 3.6 % at 2, 0.5 % at 4, 59 % at 0; each iteration
-  costs two passes over the features (about a fifth of the layer's ASVP time). In energy mode only the top
+  on the quick derain teacher's 8 test images (h = 1.5) the answer's perturbation differs from the
+  full-SVD one by 14 % (relative L2, mean; 5-34 %) at 1 iteration, 6 % at 2, 2 % at 4, 47 % at 0; each
+  iteration costs two passes over the features (about a sixth of the layer's ASVP time). In energy mode only the top
   l = ``k_max + oversample`` singular values are known: k is the smallest whose energies reach ``tau``
   of the exact total ||F||^2, else ``k_max``.
 - ``use_reference`` (tests and benchmarks only): a full ``torch.linalg.svd`` per matrix instead.

@@ -47,3 +47,28 @@ def test_freed_activations_are_reused_without_page_faults():
 def test_user_allocator_settings_are_respected():
     assert _faults("apply", BENCH_MALLOC="system")[0] is False
     assert _faults("apply", MALLOC_TRIM_THRESHOLD_="131072")[0] is False
+
+
+TRIM_SCRIPT = """
+import torch
+from bench.allocator import keep_freed_memory, release_freed_memory
+assert keep_freed_memory()
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+blocks = [torch.ones(2**20) for _ in range(100)]  # 100 blocks of 4 MB, kept in the heap when freed
+del blocks
+held = rss_mb()
+release_freed_memory()
+print(held, rss_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_hands_freed_memory_back():
+    import os
+
+    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+    held, released = float(out[0]), float(out[1])
+    assert held - released > 300  # the 400 MB freed but held, then returned
