@@ -81,10 +81,14 @@ def time_paired_rounds(benchmark, fns: dict, x, rounds: int, title: str, report:
     benchmark.extra_info.update({f"{n}_median_ms": round(ms, 2) for n, ms in medians.items()})
     benchmark.extra_info.update({f"{n}_ratio": round(r, 3) for n, r in ratios.items()})
     benchmark.extra_info.update({f"{n}_min_ratio": round(ms / base_min, 3) for n, ms in fastest.items()})
+    # each round's own ratio to the teacher's time in that round: drift slower than a round cancels
+    base_times = next(iter(times.values()))
+    paired = {n: statistics.median(t / b for t, b in zip(ts, base_times)) for n, ts in times.items()}
+    benchmark.extra_info.update({f"{n}_paired_ratio": round(r, 3) for n, r in paired.items()})
     report.append(f"{title}, {torch.get_num_threads()} torch threads, {rounds} interleaved rounds: "
-                  "median and fastest ms (ratio to the teacher)")
+                  "median and fastest ms (ratio to the teacher), median of the rounds' own ratios")
     report.extend(f"  {n:15s} {ms:8.1f} ms ({ms / base:.2f}x)   {fast:8.1f} ms ({fast / base_min:.2f}x)"
-                  for (n, ms), fast in zip(medians.items(), fastest.values()))
+                  f"   {paired[n]:.2f}x" for (n, ms), fast in zip(medians.items(), fastest.values()))
     return ratios
 
 

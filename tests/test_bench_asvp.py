@@ -6,8 +6,10 @@ Skipped by normal runs (``--benchmark-skip`` in pyproject's addopts). Run with::
 
 One 1x3x256x256 image through RestorationCNN(32, 4) (ASVP's default layers: body.1 and body.2), with
 torch's default thread count (tests/conftest.py pins one thread; this module restores the default for
-its duration). The target (DESIGN section 5, "speed matters"): ASVP at defaults costs at most 1.25x
-the undefended teacher's forward.
+its duration) and the ``bench`` command's allocator settings (bench/allocator.py; with glibc's defaults
+every variant pays page faults that depend on its allocation pattern, which blurs the ratios). The
+target (DESIGN section 5, "speed matters"): ASVP at defaults costs at most 1.25x the undefended
+teacher's forward.
 
 ``test_served_forward[...]`` times each variant on its own (pytest-benchmark's table).
 ``test_paired_rounds`` runs every variant once per round, interleaved, so that drift in the machine's
