@@ -54,17 +54,18 @@ How it is computed (ASVP runs on every query, so the hot path does no SVD of a l
   energy mode), ``power_iters`` power iterations (Y <- A (A^T Y), re-orthonormalised by QR before every
   iteration but the first: orthonormalising changes a basis, not the subspace it spans, and on these
   spectra float32 keeps every direction that matters; see ``_spectrum``), a QR of the last Y, then the
-  eigen-decomposition of the small projected Gram matrix. The test matrix comes from a generator with a fixed seed, the
-  same for every matrix, so answers are deterministic and do not depend on the rest of the batch. When
-  the shorter side is at most ``k + oversample`` the exact Gram path is used. The randomized path is
-  exact up to ~(sigma_{l+1} / sigma_k)^(2 power_iters + 1), plus float32 rounding, which matters only on
-  steep spectra (1e-3 of dF where sigma_1 / sigma_k = 1000); on spectra without a gap the amplified
-  subspace is an approximation (so is the "top-k" itself then). ``power_iters`` defaults to 1, for speed:
+  eigen-decomposition of the small projected Gram matrix. The test matrix comes from a generator with a
+  fixed seed, the same for every matrix, so answers are deterministic and do not depend on the rest of
+  the batch. When the shorter side is at most ``k + oversample`` the exact Gram path is used. The
+  randomized path is exact up to ~(sigma_{l+1} / sigma_k)^(2 power_iters + 1), plus float32 rounding,
+  which matters only on steep spectra (1e-3 of dF where sigma_1 / sigma_k = 1000); on spectra without a
+  gap the amplified subspace is an approximation (so is the "top-k" itself then). ``power_iters``
+  defaults to 1, for speed:
   on the quick derain teacher's 8 test images (h = 1.5) the answer's perturbation differs from the
   full-SVD one by 14 % (relative L2, mean; 5-34 %) at 1 iteration, 6 % at 2, 2 % at 4, 47 % at 0; each
-  iteration costs two passes over the features (about a sixth of the layer's ASVP time). In energy mode only the top
-  l = ``k_max + oversample`` singular values are known: k is the smallest whose energies reach ``tau``
-  of the exact total ||F||^2, else ``k_max``.
+  iteration costs two passes over the features (about a sixth of the layer's ASVP time). In energy mode
+  only the top l = ``k_max + oversample`` singular values are known: k is the smallest whose energies
+  reach ``tau`` of the exact total ||F||^2, else ``k_max``.
 - ``use_reference`` (tests and benchmarks only): a full ``torch.linalg.svd`` per matrix instead.
 
 ASVP draws no randomness, so it is deterministic per input, as DESIGN section 2 requires.
