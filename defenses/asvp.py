@@ -48,7 +48,7 @@ How it is computed (ASVP runs on every query, so the hot path does no SVD of a l
   U_k^T F, so the coherence mask and bound are applied to that factor and one fused product
   F + U_k (s * mask * (h - 1) U_k^T F) gives the answer (s: the bound's scale). At the defaults, on
   RestorationCNN(32, 4) and a 1x3x256x256 input on 2 CPU cores, the served forward costs about 1.15x
-  the teacher's (tests/test_bench_asvp.py; the spatial layout about 1.22x); a full SVD about 3.4x.
+  the teacher's (tests/test_bench_asvp.py; the spatial layout about 1.23x); a full SVD about 3.4x.
 - ``spatial``: a randomized low-rank SVD (Halko, Martinsson, Tropp 2011) of each H x W matrix, taken
   with its shorter side as rows: a Gaussian test matrix with ``k + oversample`` columns (``k_max`` in
   energy mode), ``power_iters`` power iterations (Y <- A (A^T Y), re-orthonormalised by QR before every

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from bench.allocator import USER_SETTINGS
+
 SCRIPT = """
 import resource, sys, torch
 from bench.allocator import keep_freed_memory
@@ -27,8 +29,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def _faults(mode: str, **env: str) -> tuple[bool, int]:
     import os
 
+    inherited = {k: v for k, v in os.environ.items() if k != "BENCH_MALLOC" and k not in USER_SETTINGS}
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", **env}).stdout.split()
+                         env={**inherited, "OMP_NUM_THREADS": "1", **env}).stdout.split()
     return out[0] == "True", int(out[1])
 
 
@@ -68,7 +71,8 @@ print(held, rss_mb())
 def test_release_hands_freed_memory_back():
     import os
 
+    inherited = {k: v for k, v in os.environ.items() if k != "BENCH_MALLOC" and k not in USER_SETTINGS}
     out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+                         env={**inherited, "OMP_NUM_THREADS": "1"}).stdout.split()
     held, released = float(out[0]), float(out[1])
     assert held - released > 300  # the 400 MB freed but held, then returned
