@@ -4,9 +4,10 @@ Why: glibc serves an allocation above its mmap threshold with fresh pages from t
 them again on free. The threshold starts at 128 KiB and only grows as large blocks are freed, so a CPU
 forward whose activations are a few MB each keeps asking the kernel for zeroed pages. Measured on the
 2-core development machine, a RestorationCNN(32, 4) forward on one 256x256 image: about 31,000 minor
-page faults and 121 ms per call with glibc's defaults, none and 71 ms with the settings below; a
-training step of the quick student 45 -> 38 ms. (PyTorch's CPU tuning guides suggest jemalloc or
-tcmalloc for the same reason; this needs no extra library.)
+page faults and 121 ms per call with glibc's defaults, none and 71 ms with the settings below
+(tests/test_bench_allocator.py). Training on small crops gains nothing measurable, so sweeps are not
+faster. (PyTorch's CPU tuning guides suggest jemalloc or tcmalloc for the same reason; this needs no
+extra library.)
 
 The settings (``mallopt``): blocks up to 32 MiB (the largest threshold glibc accepts on 64-bit) come
 from the heap, and the heap's free top is kept up to 1 GiB instead of being trimmed. The process then

@@ -28,6 +28,19 @@ def shared_home(tmp_path_factory):
     return tmp_path_factory.mktemp("shared_runs")
 
 
+@pytest.fixture
+def allocator_env():
+    """``allocator_env(**overrides)``: this process's environment for a child process, without anything
+    that would switch bench/allocator.py off (BENCH_MALLOC, glibc's own settings), plus ``overrides``."""
+    from bench.allocator import USER_SETTINGS
+
+    def env(**overrides: str) -> dict[str, str]:
+        kept = {k: v for k, v in os.environ.items() if k != "BENCH_MALLOC" and k not in USER_SETTINGS}
+        return {**kept, **overrides}
+
+    return env
+
+
 @pytest.fixture(scope="module")
 def bench_report(request):
     """For benchmark modules: torch's default thread count (the tests pin one thread) while the module

@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from bench.allocator import USER_SETTINGS
-
 SCRIPT = """
 import resource, sys, torch
 from bench.allocator import keep_freed_memory
@@ -26,20 +24,21 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(mode: str, **env: str) -> tuple[bool, int]:
-    import os
+def _run(script: str, env: dict[str, str], *args: str) -> list[str]:
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True,
+                          env={**env, "OMP_NUM_THREADS": "1"}).stdout.split()
 
-    inherited = {k: v for k, v in os.environ.items() if k != "BENCH_MALLOC" and k not in USER_SETTINGS}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
-                         env={**inherited, "OMP_NUM_THREADS": "1", **env}).stdout.split()
+
+def _faults(env: dict[str, str], mode: str) -> tuple[bool, int]:
+    out = _run(SCRIPT, env, mode)
     return out[0] == "True", int(out[1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_freed_activations_are_reused_without_page_faults():
-    applied, faults = _faults("apply")
+def test_freed_activations_are_reused_without_page_faults(allocator_env):
+    applied, faults = _faults(allocator_env(), "apply")
     assert applied
-    _, system_faults = _faults("system")
+    _, system_faults = _faults(allocator_env(), "system")
     # glibc's defaults hand most 8 MB activations back to the kernel and fault them in again on the next
     # call (~2048 faults each; about 30,000 a forward measured); kept in the heap: almost none
     assert system_faults > 5 * 2048
@@ -47,9 +46,9 @@ def test_freed_activations_are_reused_without_page_faults():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_user_allocator_settings_are_respected():
-    assert _faults("apply", BENCH_MALLOC="system")[0] is False
-    assert _faults("apply", MALLOC_TRIM_THRESHOLD_="131072")[0] is False
+def test_user_allocator_settings_are_respected(allocator_env):
+    assert _faults(allocator_env(BENCH_MALLOC="system"), "apply")[0] is False
+    assert _faults(allocator_env(MALLOC_TRIM_THRESHOLD_="131072"), "apply")[0] is False
 
 
 TRIM_SCRIPT = """
@@ -68,11 +67,6 @@ print(held, rss_mb())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
-def test_release_hands_freed_memory_back():
-    import os
-
-    inherited = {k: v for k, v in os.environ.items() if k != "BENCH_MALLOC" and k not in USER_SETTINGS}
-    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], capture_output=True, text=True, check=True,
-                         env={**inherited, "OMP_NUM_THREADS": "1"}).stdout.split()
-    held, released = float(out[0]), float(out[1])
+def test_release_hands_freed_memory_back(allocator_env):
+    held, released = map(float, _run(TRIM_SCRIPT, allocator_env()))
     assert held - released > 300  # the 400 MB freed but held, then returned

@@ -53,13 +53,13 @@ MODES = {"glibc defaults": {"BENCH_MALLOC": "system"}, "bench settings": {}}
 
 
 @pytest.mark.benchmark(group="allocator")
-def test_allocator_settings(benchmark, bench_report):
+def test_allocator_settings(benchmark, bench_report, allocator_env):
     runs: dict[str, list[dict]] = {name: [] for name in MODES}
 
     def one_round():
         for name, env in MODES.items():
             out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True,
-                                 env={**os.environ, **env}).stdout
+                                 env=allocator_env(**env)).stdout
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
