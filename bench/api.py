@@ -69,6 +69,7 @@ class Task(Plugin):
             self._splits = bundled_splits(
                 key, self.degrade, image_size=self.profile.image_size,
                 variants=self.profile.variants, scale=self.scale, transforms=self.augment_transforms,
+                calib_pool=self.profile.calib_pool, calib_draws=self.profile.calib_draws,
             )
         return self._splits
 
@@ -117,6 +118,12 @@ class Defense(Plugin):
     #: (value at which the defense costs nothing, a first upper guess) for calibration's bracket; the
     #: cost must grow with the strength from the first value on. None: (0, the parameter's default).
     strength_range: ClassVar[tuple[float, float] | None] = None
+    #: strengths a trade-off curve runs at (``strengths: auto`` in a grid file): from the identity to well
+    #: past 1 dB of teacher cost on the bundled tasks; None: the grid must list them
+    strength_spread: ClassVar[tuple[float, ...] | None] = None
+    #: at ``strength_range[0]`` the served answers are exactly the teacher's, so a trade-off curve starts
+    #: at (cost 0, drop 0) there; False for a defense that changes the teacher even then (a fine-tuned copy)
+    strength_identity: ClassVar[bool] = True
     #: what to loosen when the strength alone cannot reach a budget (ends calibration's error message)
     saturation_hint: ClassVar[str] = "loosen its other parameters"
     #: feature perturbations flow on through the model (answers change) rather than only being exposed
@@ -163,9 +170,11 @@ class Defense(Plugin):
         params = dataclasses.replace(self.params, **{self.strength: float(value)})
         return type(self)(params, seed=self.seed if seed is None else seed)
 
-    def serve(self, teacher: nn.Module, *, exposed_layers: Sequence[str] = ()) -> ServedModel:
+    def serve(self, teacher: nn.Module, *, exposed_layers: Sequence[str] = (), answer_bits: int = 0) -> ServedModel:
+        """The served model; ``answer_bits`` > 0 rounds its answers to that many bits per channel, as
+        an image is sent (the pipeline uses the profile's ``answer_bits``; 0: float answers)."""
         return ServedModel(self.served_teacher(teacher), self, exposed_layers=exposed_layers,
-                           defense_seed=self.seed)
+                           defense_seed=self.seed, answer_bits=answer_bits)
 
 
 # ------------------------------------------------------------------------------------------- attacks

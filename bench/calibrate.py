@@ -7,17 +7,25 @@ is B dB below the undefended teacher's, prints it and stores it; ``bench run ...
 with ``CellSpec.budget_db``) runs the defense at the stored value, calibrating first when none is stored.
 
 The search (:func:`find_strength`): the cost is taken to be 0 at the first value of
-``Defense.strength_range`` (where the defense is the identity) and to grow with the strength. (A plugin
-that declares no range gets (0, the parameter's default); its cost at 0 is then measured first, and a
-clear error asks for ``strength_range`` when it is not 0.) The
-bracket's upper end starts at the range's second value and doubles (its distance from the identity
-value) until the cost reaches B. When it cannot, that is a clear error: after 12 doublings, or when four
-doublings in a row each close less than a tenth of the remaining gap (the cost saturates below B).
-Then false-position steps with the Illinois modification (a bracketing bisection that interpolates
-instead of halving, so a smooth cost converges in a few evaluations) narrow the bracket until the cost
+``Defense.strength_range`` (where the defense is the identity), but it need not grow monotonically with
+the strength (MAD's cost is below 0 at small strengths and rises later). (A plugin that declares no
+range gets (0, the parameter's default); its cost at 0 is then measured first, and a clear error asks
+for ``strength_range`` when it is not 0.) A coarse scan evaluates the cost at the range's second value,
+then doubles the distance from the identity value each step, until the cost first reaches B. When it
+cannot, that is a clear error: after 12 doublings, or when four doublings in a row each close less than
+a tenth of the remaining gap (the cost saturates below B). The scan's first point at or above B and the
+point before it (the identity, at cost 0, when that first point is the range's second value) bracket
+the first crossing the scan saw, and only that bracket is refined: false-position steps with the
+Illinois modification (a bracketing bisection that interpolates instead of halving, so a smooth cost
+converges in a few evaluations) make an evaluated value at or above B the bracket's upper end (so the
+search moves towards the lowest strength that reaches B) and one below B its lower end, until the cost
 is within ``tol_db`` of B (default: 0.02 dB or a tenth of B, whichever is smaller) or ``max_evals``
-evaluations (default 12, the bracketing ones included) are spent; the evaluated value closest to B is
-kept and its cost is stored beside it (``achieved_db``).
+evaluations (default 12, the scan's included, though the scan itself is not cut short) are spent. The
+evaluated value closest to B at or below the bracket's upper end (never one beyond the first crossing)
+is kept and its cost is stored beside it (``achieved_db``). When the evaluated costs, the identity's 0
+included, fall by more than ``tol_db`` anywhere as the strength grows, the search says so in one line
+(``find_strength``'s ``on_nonmonotone``; :func:`is_monotone` tells it from the trace): the answer is
+still the first crossing seen, but a crossing between two scan points can go unseen.
 
 One evaluation serves the teacher through the defense at that strength and scores the calib images:
 runtime defenses take a fraction of a second each. A training-time defense (nasty teacher) trains its
@@ -44,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +71,7 @@ if TYPE_CHECKING:
     from bench.pipeline import Cell
     from bench.store import Store
 
-CALIBRATION_RECIPE = "1"  # bump when the search or the cost measurement changes
+CALIBRATION_RECIPE = "2"  # bump when the search or the cost measurement changes
 CALIBRATION_SEED = 0
 DEFAULT_TOL_DB = 0.02
 DEFAULT_MAX_EVALS = 12
@@ -85,6 +94,21 @@ class Calibration:
         how = "from the store" if self.cached else f"{self.evaluations} evaluations"
         return (f"{defense}: {self.parameter} = {self.value:.6g} costs the teacher {self.achieved_db:.3f} dB "
                 f"PSNR on calib (budget {self.budget_db:g} dB; {how}; key {self.key})")
+
+
+#: a calibrated cell whose teacher cost on test departs from its budget by more than this factor, or by more
+#: than TRANSFER_ABS_DB, is flagged wherever it is shown (run, sweep, report)
+TRANSFER_FACTOR = 2.0
+TRANSFER_ABS_DB = 0.1
+
+
+def transfer_warning(budget_db: float, test_cost_db: float) -> str | None:
+    """One line when a budget set on calib did not hold on test (None when it did)."""
+    ratio = test_cost_db / budget_db
+    if abs(test_cost_db - budget_db) <= TRANSFER_ABS_DB and 1 / TRANSFER_FACTOR <= ratio <= TRANSFER_FACTOR:
+        return None
+    return (f"calibrated to {budget_db:g} dB on calib, the defense costs {test_cost_db:.3f} dB on test "
+            f"({ratio:.2g}x): the budget did not transfer; compare at matched test cost instead")
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -131,14 +155,42 @@ def default_tol(budget_db: float) -> float:
     return min(DEFAULT_TOL_DB, 0.1 * budget_db)
 
 
+def _largest_fall(points: list[tuple[float, float]], tol: float,
+                  ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The two points (earlier, later in strength order) between which the cost falls the most, when
+    that fall is more than ``tol``; None when the cost never falls by more than ``tol``."""
+    peak = fall = None
+    for s, c in sorted(points):  # a strength tried twice: its lower cost sorts first, so it is no fall
+        if peak is not None and peak[1] - c > tol and (fall is None or peak[1] - c > fall[0][1] - fall[1][1]):
+            fall = (peak, (s, c))
+        if peak is None or c > peak[1]:
+            peak = (s, c)
+    return fall
+
+
+def is_monotone(trace: list[tuple[float, float]], tol: float, *, identity: float | None = None) -> bool:
+    """Whether the costs of ``trace`` ((strength, cost) pairs, in any order) never fall by more than ``tol``
+    as the strength grows. With ``identity``, the point (identity, 0), the cost :func:`find_strength`
+    assumes there, counts too (as it does for ``on_nonmonotone``): a cost below 0 by more than ``tol``
+    at a small strength (MAD) is then a fall."""
+    points = list(trace) + ([(identity, 0.0)] if identity is not None else [])
+    return _largest_fall(points, tol) is None
+
+
 def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: float, *,
                   tol: float = DEFAULT_TOL_DB, max_evals: int = DEFAULT_MAX_EVALS,
                   what: str = "the defense", hint: str = Defense.saturation_hint,
+                  on_nonmonotone: Callable[[str], None] | None = None,
                   ) -> tuple[float, float, list[tuple[float, float]]]:
-    """The strength s with cost(s) within ``tol`` of ``budget``: (s, cost(s), [(s_i, cost_i) tried]).
+    """The lowest strength s whose cost reaches ``budget``, within ``tol``: (s, cost(s), [(s_i, cost_i)
+    tried, in order]).
 
-    ``cost(lo)`` is taken as 0 (not evaluated); the bracket's upper end doubles its distance from ``lo``
-    until the cost reaches the budget, then Illinois false-position steps narrow it."""
+    ``cost(lo)`` is taken as 0 (not evaluated). A scan doubles the distance from ``lo`` (starting at
+    ``hi``) until the cost first reaches the budget; Illinois false-position steps then narrow the
+    bracket (previous scan point, that point), an evaluated point at or above the budget becoming its
+    upper end. The kept point is the one closest to the budget at or below that upper end. When the
+    evaluated costs (``lo``'s 0 included) fall by more than ``tol`` somewhere as the strength grows,
+    ``on_nonmonotone`` is called once with a one-line message (see :func:`is_monotone`)."""
     trace: list[tuple[float, float]] = []
 
     def f(s: float) -> float:
@@ -148,9 +200,10 @@ def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: 
         trace.append((s, c))
         return c
 
-    def best() -> tuple[float, float]:
-        return min(trace, key=lambda t: abs(t[1] - budget))
+    def best(upper: float) -> tuple[float, float]:  # never a point beyond the first crossing
+        return min((t for t in trace if t[0] <= upper), key=lambda t: abs(t[1] - budget))
 
+    # 1. the coarse scan, away from the identity, to the first point whose cost reaches the budget
     identity = lo
     f_lo, f_hi = 0.0, f(hi)
     doublings = stalled = 0
@@ -165,9 +218,10 @@ def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: 
         doublings += 1
         # a doubling that closes under a tenth of the remaining gap: the cost is levelling off
         stalled = stalled + 1 if f_hi - f_lo < 0.1 * (budget - f_lo) else 0
+    # 2. refinement inside that first bracket: cost(lo) < budget <= cost(hi) throughout
     side = 0  # which end was kept last time (Illinois: halve the stale end's value when kept twice)
     g_lo, g_hi = f_lo - budget, f_hi - budget
-    while abs(best()[1] - budget) > tol and len(trace) < max_evals:
+    while abs(best(hi)[1] - budget) > tol and len(trace) < max_evals:
         s = hi - g_hi * (hi - lo) / (g_hi - g_lo) if g_hi != g_lo else 0.5 * (lo + hi)
         if not lo < s < hi:
             s = 0.5 * (lo + hi)
@@ -177,14 +231,23 @@ def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: 
             if side == -1:
                 g_hi *= 0.5
             side = -1
-        else:
+        else:  # already at or over the budget: the first crossing is at s or below
             hi, g_hi = s, g
             if side == 1:
                 g_lo *= 0.5
             side = 1
         if hi - lo <= 1e-9 * max(1.0, abs(hi)):
             break
-    s, c = best()
+    s, c = best(hi)
+    # 3. a cost that falls somewhere: the answer stands (the first crossing seen), but say so
+    fall = _largest_fall(trace + [(identity, 0.0)], tol)
+    if fall is not None and on_nonmonotone is not None:
+        (s0, c0), (s1, c1) = fall
+        at = f"the identity {s0:g} (taken as 0 dB)" if s0 == identity else f"{s0:.4g}"
+        tried = ", ".join(f"{x:.4g} -> {y:.2f} dB" for x, y in sorted(trace))
+        on_nonmonotone(f"{what}: teacher cost is not monotone in strength on calib (it falls from {c0:.2f} dB "
+                       f"at {at} to {c1:.2f} dB at {s1:.4g}; tried {tried}); kept the first crossing at "
+                       f"{s:.4g} ({c:.3f} dB)")
     return s, c, trace
 
 
@@ -226,7 +289,9 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
                                float(row["achieved_db"]), int(row["config"].get("evaluations", 0)), True,
                                [tuple(t) for t in row["config"].get("trace", [])])
     calib = task.splits().calib
-    reference = evaluate(teacher, calib, task)["psnr"]
+    bits = cell.profile.answer_bits  # costs are measured on the answers as served (8-bit by default)
+    with Defense(None).serve(teacher, answer_bits=bits) as undefended:
+        reference = evaluate(undefended, calib, task)["psnr"]
     lo, hi, declared = strength_bracket(defense)
     label = f"calibrating {defense.name}.{defense.strength} to {budget:g} dB"
     with bar(total=max_evals, desc=label, show=progress, unit="eval") as pbar:
@@ -234,7 +299,7 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
             trial = defense.with_strength(s, seed=CALIBRATION_SEED)
             fit_defense(dataclasses.replace(cell, defense=trial), teacher, teacher_key, artifacts,
                         progress=progress)
-            with trial.serve(teacher) as served:
+            with trial.serve(teacher, answer_bits=bits) as served:
                 c = reference - evaluate(served, calib, task)["psnr"]
             pbar.set_postfix({defense.strength: f"{s:.4g}", "cost_db": f"{c:.3f}"}, refresh=False)
             pbar.update(1)
@@ -246,14 +311,18 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
                 raise BenchError(f"defense '{defense.name}' costs the teacher {c0:.3f} dB at {defense.strength}="
                                  f"{lo:g}, so that is not its no-cost value; declare strength_range = (no-cost "
                                  "value, first upper guess) on the plugin.")
+        def say(message: str) -> None:  # a non-monotone cost is reported, never silently bisected
+            pbar.write(f"warning: {task.name} · {message}", file=sys.stderr)
+
         value, achieved, trace = find_strength(cost, budget, lo, hi, tol=tol, max_evals=max_evals,
-                                               what=f"defense '{defense.name}'", hint=defense.saturation_hint)
+                                               what=f"defense '{defense.name}'", hint=defense.saturation_hint,
+                                               on_nonmonotone=say)
     result = Calibration(key, defense.strength, value, float(budget), achieved, len(trace), False, trace)
     store.put_calibration({
         "key": key, "task": task.name, "defense": defense.name, "budget_db": float(budget),
         "parameter": defense.strength, "value": value, "achieved_db": achieved, "created": time.time(),
         "config": {**config, "tol_db": tol, "teacher_calib_psnr": reference, "evaluations": len(trace),
-                   "trace": trace},
+                   "trace": trace, "monotone": is_monotone(trace, tol, identity=lo)},
     })
     return result
 

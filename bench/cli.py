@@ -23,7 +23,8 @@ def _common_cell_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", default="vanilla_kd", help="attack name (bench list attacks)")
     p.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
     p.add_argument("--seed", type=int, default=0, help="cell seed: students, data order, defense randomness")
-    p.add_argument("--teacher-seed", type=int, default=0, help="teacher seed (default 0, shared by all cells)")
+    p.add_argument("--teacher-seed", "--teacher-seeds", dest="teacher_seeds", default="0", metavar="SEEDS",
+                   help="teacher seed(s): 0 (default), 0,1 or 0-1; bench run runs one cell per teacher seed")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a parameter, e.g. --set defense.h=1.5 --set attack.steps=200 (repeatable)")
     p.add_argument("--data", help="folder of paired images (DIR/input, DIR/target) for --task folder")
@@ -46,10 +47,19 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home) if getattr(args, "home", None) else default_home()
 
 
-def spec_from_args(args: argparse.Namespace) -> Any:
+def teacher_seeds(args: argparse.Namespace) -> list[int]:
+    from bench.grid import parse_seeds
+
+    return parse_seeds(args.teacher_seeds, "--teacher-seeds")
+
+
+def spec_from_args(args: argparse.Namespace, teacher_seed: int | None = None) -> Any:
+    """The cell the flags describe (with the first of ``--teacher-seeds`` unless ``teacher_seed`` is given)."""
     from bench.params import parse_sets
     from bench.pipeline import CellSpec
 
+    if teacher_seed is None:
+        teacher_seed = teacher_seeds(args)[0]
     groups = parse_sets(args.sets)
     task_params = dict(groups.get("task", {}))
     if args.data is not None:
@@ -57,13 +67,15 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     return CellSpec(task=args.task, defense=args.defense, attack=args.attack, seed=args.seed,
                     profile=args.profile, task_params=task_params,
                     defense_params=groups.get("defense", {}), attack_params=groups.get("attack", {}),
-                    profile_params=groups.get("profile", {}), teacher_seed=args.teacher_seed,
+                    profile_params=groups.get("profile", {}), teacher_seed=teacher_seed,
                     teacher=getattr(args, "teacher", None), weights=getattr(args, "weights", None),
                     student=getattr(args, "student", None), budget_db=args.budget)
 
 
 def format_cell(row: dict[str, Any]) -> str:
     from tabulate import tabulate
+
+    from bench.calibrate import transfer_warning
 
     m = row["metrics"]
     rows = [
@@ -75,10 +87,14 @@ def format_cell(row: dict[str, Any]) -> str:
     ]
     if "student_gt_psnr" in m:  # the attack trained on the attacker pool's ground truth
         rows.append(("student (ground truth)", m["student_gt_psnr"], m["student_gt_ssim"]))
+    teacher_seed = (row.get("config") or {}).get("teacher_seed", 0)
     head = (f"{row['task']} · {row['defense']} · {row['attack']} · profile {row['profile']} · "
-            f"seed {row['seed']}")
+            f"seed {row['seed']} · teacher seed {teacher_seed}")
     table = tabulate(rows, headers=("", "PSNR (dB)", "SSIM"), floatfmt=(".2f", ".2f", ".4f"))
     drops = tabulate([("teacher_drop_db", f"{m['teacher_drop_db']:.3f}"),
+                      *([("worst_teacher_drop_db", f"{m['worst_teacher_drop_db']:.3f}  (the worst test image)"),
+                         ("served_fidelity_db", f"{m['served_fidelity_db']:.2f}  (served vs teacher answers, PSNR)")]
+                        if "worst_teacher_drop_db" in m else []),
                       ("student_drop_db", f"{m['student_drop_db']:.3f}"),
                       ("student_ssim_drop_pct", f"{m['student_ssim_drop_pct']:.2f}")],
                      tablefmt="plain")
@@ -99,6 +115,12 @@ def format_cell(row: dict[str, Any]) -> str:
     if m.get("strength_param"):
         notes.append(f"budget {row['budget']:g} dB: {m['strength_param']} = {m['strength']:.4g} "
                      f"(costs {m['calib_drop_db']:.3f} dB on calib)")
+    if m.get("answer_bits"):
+        notes.append(f"answers served as {m['answer_bits']}-bit images")
+    if m.get("strength_param"):
+        warning = transfer_warning(float(row["budget"]), float(m["teacher_drop_db"]))
+        if warning:
+            print(f"warning: {row['task']} · {row['defense']}: {warning}", file=sys.stderr)
     if m.get("student_shortcut"):
         notes.append("answers unchanged for this attack: defended student = reference student")
     return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + f"\nkey {row['key']}"
@@ -107,9 +129,10 @@ def format_cell(row: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.pipeline import resolve, run_cell
 
-    cell = resolve(spec_from_args(args))
-    row = run_cell(cell, home=_home(args), force=args.force, progress=True)
-    print(format_cell(row))
+    cells = [resolve(spec_from_args(args, t)) for t in teacher_seeds(args)]  # all validated before any runs
+    for i, cell in enumerate(cells):
+        row = run_cell(cell, home=_home(args), force=args.force, progress=True)
+        print(("\n" if i else "") + format_cell(row))
     return 0
 
 
@@ -179,7 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sets.setdefault("task", {})["data"] = args.data
     grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
                      attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
-                     teacher_seed=args.teacher_seed, sets=sets)
+                     teacher_seeds=args.teacher_seeds, sets=sets)
     result = run_sweep(grid.specs(), home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
                        address=args.address, force=args.force, progress=True)
     print(format_summary(result))
@@ -219,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", help="calibrated teacher costs in dB: 0.1,0.5 or all (= 0.1,0.5,1.0); "
                                      "none: the strength as set (default)")
     p.add_argument("--profile", help="smoke, quick (default) or paper")
-    p.add_argument("--teacher-seed", type=int, help="teacher seed (default 0, shared by all cells)")
+    p.add_argument("--teacher-seeds", "--teacher-seed", dest="teacher_seeds", metavar="SEEDS",
+                   help="teacher seeds: 0 (default), 0,1 or 0-1; intervals then span (teacher, student) seed pairs")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="set a parameter of every plugin on that axis that has it, e.g. --set defense.h=2 "
                         "(repeatable)")

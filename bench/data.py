@@ -156,12 +156,15 @@ class Splits:
         return getattr(self, name)
 
     def check_disjoint(self) -> None:
-        seen: dict[str, str] = {}
+        """No source image in two pools, except owner and calib: both are the owner's (calib may hold the
+        owner's photographs with degradations of their own); test and attacker never share one."""
+        seen: dict[str, set[str]] = {}
         for name in SPLITS:
             for src in set(self[name].sources):
-                if src in seen and seen[src] != name:
-                    raise BenchError(f"source image {src!r} is in both {seen[src]} and {name} splits")
-                seen[src] = name
+                seen.setdefault(src, set()).add(name)
+        for src, names in seen.items():
+            if len(names) > 1 and names != {"owner", "calib"}:
+                raise BenchError(f"source image {src!r} is in the {' and '.join(sorted(names))} splits")
 
 
 def stable_seed(*parts: object) -> int:
@@ -217,22 +220,40 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 Degrade = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
+#: what the calib pool holds: its own photographs only, or also the owner's (with draws of their own)
+CALIB_POOLS = ("calib", "calib+owner")
+
+
 def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants: int, scale: int = 1,
-                   transforms: tuple[int, ...] = ALL_TRANSFORMS) -> Splits:
+                   transforms: tuple[int, ...] = ALL_TRANSFORMS, calib_pool: str = "calib",
+                   calib_draws: int = 0) -> Splits:
     """The four pools built from the bundled photographs with ``degrade(clean_hw3, rng) -> degraded_hw3``.
 
     Degradations are drawn from a generator seeded by (task_key, source, variant) only, so the pools
     are the same for every cell seed: seeds vary students and defenses, never the test set.
     ``task_key`` must change whenever the degradation parameters change.
+
+    ``calib_pool="calib+owner"`` adds the owner's photographs to the calib pool, each with
+    ``calib_draws`` (0: ``variants``) degradations drawn apart from the owner pool's (the owner
+    calibrates on its own photographs, never on test ones): two calib photographs alone did not
+    transfer (test cost / calib budget from -1.8x to 39x), and more photographs span more content.
     """
+    if calib_pool not in CALIB_POOLS:
+        raise BenchError(f"calib_pool must be one of {', '.join(CALIB_POOLS)}, got {calib_pool!r}.")
     pools = {}
     for split in SPLITS:
         n_var = variants  # test and calib too: one rain or haze draw per photo is a noisy score
+        sources = [(src, "") for src in SOURCE_SPLITS[split]]
+        if split == "calib":
+            n_var = calib_draws or variants
+            if calib_pool == "calib+owner":
+                sources += [(src, "calib") for src in SOURCE_SPLITS["owner"]]  # draws apart from the owner's
         deg, clean, srcs = [], [], []
-        for src in SOURCE_SPLITS[split]:
+        for src, stream in sources:
             img = load_source(src, image_size, scale)
             for v in range(max(1, n_var)):
-                rng = np.random.default_rng(stable_seed(task_key, src, v))
+                parts = (task_key, src, v) if not stream else (task_key, src, stream, v)
+                rng = np.random.default_rng(stable_seed(*parts))
                 d = degrade(img, rng)
                 deg.append(to_tensor(np.clip(d, 0.0, 1.0)))
                 clean.append(to_tensor(img))

@@ -1,6 +1,6 @@
 """Sweep grids: which cells ``bench sweep`` runs, from command-line flags or a YAML file.
 
-A grid has five axes (tasks, defenses, attacks, seeds, budgets) plus the profile and the teacher seed;
+A grid has six axes (tasks, defenses, attacks, teacher seeds, seeds, budgets) plus the profile;
 its cells are the product of the axes. A task, defense or attack entry is a plugin name with optional
 parameters, so one grid can hold a plugin several times (``asvp`` with ``h=1.5`` and with ``h=2``).
 ``all`` on an axis means every registered plugin (tasks that cannot be built with the given
@@ -18,10 +18,13 @@ A grid file (YAML; every key optional, flags given on the command line replace t
       - {asvp: {h: 3.0}}            # the same, short form
       - {name: asvp, sweep: {h: [1.25, 1.5, 2.0]}}   # one entry per value (a trade-off curve)
       - {name: asvp, budgets: [0.1, 0.5, 1.0]}       # this entry at its own calibrated budgets
+      - {name: mad, strengths: [0.01, 0.02, 0.04]}   # a strength sweep in one line (or strengths: auto,
+                                                      # the plugin's own strength_spread)
+      - noise_floor                 # invisible answer noise: the chaos of training, every table's yardstick
     attacks: [vanilla_kd]
     seeds: [0, 1, 2]                # or "0-4", or all
     budgets: [null]                 # null: the strength as given; numbers: calibrated teacher cost in dB
-    teacher_seed: 0
+    teacher_seeds: [0, 1]           # or teacher_seed: 0; intervals then span (teacher, student) seed pairs
 
 Budgets apply only to defenses with a strength parameter (``Defense.strength``); a defense without one
 (``none``) runs once, uncalibrated, whatever the budgets. ``--set GROUP.KEY=VALUE`` sets a parameter of
@@ -45,8 +48,8 @@ from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 
 ALL_SEEDS = (0, 1, 2)
 ALL_BUDGETS = (0.1, 0.5, 1.0)
-FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed")
-ENTRY_KEYS = ("name", "params", "sweep", "budgets")
+FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed", "teacher_seeds")
+ENTRY_KEYS = ("name", "params", "sweep", "budgets", "strengths")
 
 
 @dataclass(frozen=True)
@@ -67,19 +70,20 @@ class Grid:
     budgets: list[float | None] = field(default_factory=lambda: [None])
     profile: str = "quick"
     profile_params: dict[str, Any] = field(default_factory=dict)
-    teacher_seed: int = 0
+    teacher_seeds: list[int] = field(default_factory=lambda: [0])
 
     def specs(self) -> list[CellSpec]:
-        """Every cell of the grid, in axis order (task, defense, attack, seed, budget), without repeats."""
+        """Every cell of the grid, in axis order (task, defense, attack, teacher seed, seed, budget),
+        without repeats."""
         out: list[CellSpec] = []
         seen: set[str] = set()
-        for task, defense, attack, seed in itertools.product(self.tasks, self.defenses, self.attacks,
-                                                              self.seeds):
+        for task, defense, attack, teacher_seed, seed in itertools.product(
+                self.tasks, self.defenses, self.attacks, self.teacher_seeds, self.seeds):
             for budget in self._budgets_for(defense):
                 spec = CellSpec(task=task.name, defense=defense.name, attack=attack.name, seed=seed,
                                 profile=self.profile, task_params=dict(task.params),
                                 defense_params=dict(defense.params), attack_params=dict(attack.params),
-                                profile_params=dict(self.profile_params), teacher_seed=self.teacher_seed,
+                                profile_params=dict(self.profile_params), teacher_seed=teacher_seed,
                                 budget_db=budget)
                 ident = repr(spec)
                 if ident not in seen:
@@ -193,6 +197,8 @@ def _entry(item: Any, registry: Registry, where: str) -> list[Entry]:
         if registry is not DEFENSES:
             raise BenchError(f"{where}: 'budgets' applies to defense entries only (entry {name!r}).")
         budgets = tuple(parse_budgets(item["budgets"], f"{where}: budgets of {name!r}"))
+    if "strengths" in item:
+        sweep = {**sweep, **_strengths(item["strengths"], registry, name, where)}
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise BenchError(f"{where}: sweep.{key} of {name!r} must be a non-empty list of values.")
@@ -201,6 +207,27 @@ def _entry(item: Any, registry: Registry, where: str) -> list[Entry]:
     for combo in itertools.product(*(sweep[k] for k in keys)):
         out.append(Entry(name, {**params, **dict(zip(keys, combo))}, budgets))
     return out
+
+
+def _strengths(value: Any, registry: Registry, name: str, where: str) -> dict[str, list[Any]]:
+    """``strengths: [..]`` (or ``auto``: the plugin's ``strength_spread``) -> a sweep of its strength."""
+    if registry is not DEFENSES:
+        raise BenchError(f"{where}: 'strengths' applies to defense entries only (entry {name!r}).")
+    cls = DEFENSES.get(name)
+    if not cls.strength:
+        raise BenchError(f"{where}: defense {name!r} has no strength parameter, so it has no strengths to sweep; "
+                         "drop 'strengths' from its entry.")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        spread = getattr(cls, "strength_spread", None)
+        if not spread:
+            raise BenchError(f"{where}: defense {name!r} declares no strength_spread, so 'strengths: auto' has "
+                             f"nothing to use; list the values of {cls.strength} instead.")
+        return {cls.strength: list(spread)}
+    values = value if isinstance(value, list) else _items(value)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float, str)) for v in values):
+        raise BenchError(f"{where}: strengths of {name!r} must be a list of {cls.strength} values, or auto; "
+                         f"got {value!r}.")
+    return {cls.strength: list(values)}
 
 
 def _all_entries(registry: Registry, task_params: dict[str, Any], profile: Any) -> list[Entry]:
@@ -266,7 +293,7 @@ def load_file(path: Path | str) -> dict[str, Any]:
 
 def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses: Any = None,
               attacks: Any = None, seeds: Any = None, budgets: Any = None, profile: str | None = None,
-              teacher_seed: int | None = None, sets: dict[str, dict[str, Any]] | None = None) -> Grid:
+              teacher_seeds: Any = None, sets: dict[str, dict[str, Any]] | None = None) -> Grid:
     """A grid from a grid file's mapping and command-line values (which replace the file's axes).
 
     Defaults: all tasks, all defenses, vanilla_kd, seed 0, no budget, the quick profile.
@@ -296,9 +323,17 @@ def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses
                                     "--defenses" if defenses is not None else "defenses")
     attack_entries = parse_entries(attacks if attacks is not None else file.get("attacks", "vanilla_kd"), ATTACKS,
                                    "--attacks" if attacks is not None else "attacks")
-    t_seed = teacher_seed if teacher_seed is not None else file.get("teacher_seed", 0)
-    if isinstance(t_seed, bool) or not isinstance(t_seed, int) or t_seed < 0:
-        raise BenchError(f"teacher_seed must be an integer >= 0, got {t_seed!r}.")
+    if "teacher_seed" in file and "teacher_seeds" in file:
+        raise BenchError("a grid file gives teacher_seed or teacher_seeds, not both; keep teacher_seeds.")
+    if teacher_seeds is not None:
+        t_seeds = parse_seeds(teacher_seeds, "--teacher-seeds")
+    elif "teacher_seeds" in file:
+        t_seeds = parse_seeds(file["teacher_seeds"], "teacher_seeds")
+    else:
+        t_seed = file.get("teacher_seed", 0)
+        if isinstance(t_seed, bool) or not isinstance(t_seed, int) or t_seed < 0:
+            raise BenchError(f"teacher_seed must be an integer >= 0, got {t_seed!r}.")
+        t_seeds = [t_seed]
     return Grid(
         tasks=apply_sets(task_entries, TASKS, task_sets, "task"),
         defenses=apply_sets(defense_entries, DEFENSES, sets.get("defense", {}), "defense"),
@@ -307,5 +342,5 @@ def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses
                           "--seeds" if seeds is not None else "seeds"),
         budgets=parse_budgets(budgets if budgets is not None else file.get("budgets", [None]),
                               "--budgets" if budgets is not None else "budgets"),
-        profile=prof_name, profile_params=profile_params, teacher_seed=int(t_seed),
+        profile=prof_name, profile_params=profile_params, teacher_seeds=t_seeds,
     )

@@ -32,7 +32,7 @@ from bench.calibrate import calibrated_cell, check_budget, pool_digest
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
 from bench.params import build
-from bench.profiles import STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
+from bench.profiles import ANSWER_FIELDS, CALIB_FIELDS, STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
 from bench.query import GroundTruthUnsupported, OfflineAPI, QueryAPI
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.serving import resolve_module
@@ -42,7 +42,7 @@ from bench.usermodel import UserModel
 
 TEACHER_RECIPE = "1"  # bump when the teacher training recipe in this file changes
 STUDENT_RECIPE = "1"
-SCORES_RECIPE = "1"  # bump when evaluate() or bench.metrics changes: scores of cached models are kept
+SCORES_RECIPE = "2"  # bump when evaluate() or bench.metrics changes: scores of cached models are kept
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,10 @@ class Cell:
             "seed": self.spec.seed,
             "teacher_seed": self.spec.teacher_seed,
             "budget_db": self.spec.budget_db,
-            "profile": {k: v for k, v in dataclasses.asdict(self.profile).items() if k != "name"},
+            # the calib pool only matters to a cell through a calibration: a cell run at a set strength
+            # keeps its key whatever the calib settings
+            "profile": {k: v for k, v in dataclasses.asdict(self.profile).items()
+                        if k != "name" and (budgeted or k not in CALIB_FIELDS)},
         }
         if self.teacher_model is not None:  # only when set, so reference-model keys stay as they were
             config["teacher_model"] = self.teacher_model.identity()
@@ -219,7 +222,7 @@ def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts
     exposed = tuple(attack.feature_layers(teacher)) if attack.access == "features" else ()
     student = _seeded_build(cell.student_arch, stable_seed("student-init", cell.spec.seed))
     ctx = _attack_context(cell, artifacts, exposed=exposed, progress=progress)
-    with defense.serve(teacher, exposed_layers=exposed) as served:
+    with defense.serve(teacher, exposed_layers=exposed, answer_bits=cell.profile.answer_bits) as served:
         api = adaptive.wrap(QueryAPI(served, ctx.budget, attack.access), attack.params)
         student = attack.steal(api, task.splits().attacker, student, ctx)
     student.eval()
@@ -271,7 +274,7 @@ def fit_defense(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Art
 def reference_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
     config = {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
               "attack": cell.attack.identity(), "seed": cell.spec.seed,
-              "profile": subset(cell.profile, STUDENT_FIELDS)}
+              "profile": subset(cell.profile, STUDENT_FIELDS + ANSWER_FIELDS)}
     if cell.student_model is not None:
         config["student_model"] = cell.student_model.identity()
     return config
@@ -295,8 +298,9 @@ def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifact
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float]:
-    """Mean PSNR/SSIM over the pool's images (``model=None`` scores the degraded input itself)."""
+def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, Any]:
+    """Mean PSNR/SSIM over the pool's images (``model=None`` scores the degraded input itself), with
+    each image's PSNR (``psnr_per_image``, in pool order)."""
     ps, ss = [], []
     for x, y in zip(pool.degraded, pool.clean):
         x, y = x[None], y[None]
@@ -304,11 +308,19 @@ def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, float
         pred = pred.clamp(0, 1)
         ps.append(psnr(pred, y, y_channel=task.y_channel, shave=task.shave))
         ss.append(ssim(pred, y, y_channel=task.y_channel, shave=task.shave))
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "psnr_per_image": [float(p) for p in ps]}
+
+
+@torch.no_grad()
+def fidelity(served: nn.Module, undefended: nn.Module, pool: Pool, task: Task) -> list[float]:
+    """Per image, the PSNR of the served answer against the undefended teacher's answer (how faithfully
+    honest users get the teacher's output; 100 dB where they are identical, the metric's MSE floor)."""
+    return [psnr(served(x[None]), undefended(x[None]), y_channel=task.y_channel, shave=task.shave)
+            for x in pool.degraded]
 
 
 def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts, model_key: str, who: str, *,
-           force: bool = False, digest: str | None = None) -> dict[str, float]:
+           force: bool = False, digest: str | None = None) -> dict[str, Any]:
     """:func:`evaluate`, remembered in the artifact folder of a cached model (``model_key``): the teacher
     and the reference and ground-truth students are shared by many cells, and scoring them again on the
     test images was a third of each cell's scoring time. Keyed by ``who``, the pool's images and the
@@ -320,7 +332,8 @@ def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts
     if not force:
         try:
             cached = json.loads(path.read_text())
-            return {"psnr": float(cached["psnr"]), "ssim": float(cached["ssim"])}
+            return {"psnr": float(cached["psnr"]), "ssim": float(cached["ssim"]),
+                    "psnr_per_image": [float(p) for p in cached["psnr_per_image"]]}
         except (OSError, ValueError, KeyError, TypeError):
             pass
     scores = evaluate(model, pool, task)
@@ -442,15 +455,21 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
     test = splits.test
     ref_key = config_key(reference_config(cell, teacher_key))
     shared = {"force": force, "digest": pool_digest(test)}  # the test images are hashed once per cell
-    with defense.serve(teacher) as served:
+    bits = profile.answer_bits
+    # the teacher is scored on the answers it serves undefended (8-bit by default), so the teacher drop
+    # is the defense's alone, not the rounding's
+    with defense.serve(teacher, answer_bits=bits) as served, \
+            Defense(None).serve(teacher, answer_bits=bits) as undefended:
         # the teacher, the reference and ground-truth students are shared by many cells: scored once
         scores = {"input": scored(None, test, task, artifacts, teacher_key, "input", **shared),
-                  "teacher": scored(teacher, test, task, artifacts, teacher_key, "teacher", **shared),
+                  "teacher": scored(undefended, test, task, artifacts, teacher_key, f"teacher-{bits}bit", **shared),
                   "student_ref": scored(ref_student, test, task, artifacts, ref_key, "student", **shared)}
         # a defense that touches no answers serves the teacher's own forward pass (the same numbers)
-        scores["served"] = evaluate(served, test, task) if "answers" in defense.channels() else scores["teacher"]
+        touches_answers = "answers" in defense.channels()
+        scores["served"] = evaluate(served, test, task) if touches_answers else scores["teacher"]
+        served_fidelity = fidelity(served, undefended, test, task) if touches_answers else [100.0] * len(test)
         scores["student"] = scores["student_ref"] if shortcut else evaluate(student, test, task)
-        models = {"teacher": teacher, "served": served, "student_ref": ref_student, "student": student}
+        models = {"teacher": undefended, "served": served, "student_ref": ref_student, "student": student}
         if gt is not None:
             gt_key = config_key(gt_config(cell))
             scores["student_gt"] = scored(gt, test, task, artifacts, gt_key, "student", **shared)
@@ -462,7 +481,16 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
     for who, s in scores.items():
         metrics[f"{who}_psnr"] = s["psnr"]
         metrics[f"{who}_ssim"] = s["ssim"]
+    metrics["teacher_psnr_per_image"] = scores["teacher"]["psnr_per_image"]
+    metrics["served_psnr_per_image"] = scores["served"]["psnr_per_image"]
     metrics["teacher_drop_db"] = scores["teacher"]["psnr"] - scores["served"]["psnr"]
+    # a mean hides per-image damage (gains on some images cancel losses on others): keep every image's
+    per_image = [t - s for t, s in zip(scores["teacher"]["psnr_per_image"], scores["served"]["psnr_per_image"])]
+    metrics["teacher_drop_db_per_image"] = per_image
+    metrics["worst_teacher_drop_db"] = max(per_image)
+    metrics["served_fidelity_db"] = float(np.mean(served_fidelity))
+    metrics["served_fidelity_db_per_image"] = served_fidelity
+    metrics["answer_bits"] = bits
     metrics["student_drop_db"] = scores["student_ref"]["psnr"] - scores["student"]["psnr"]
     ref_ssim = scores["student_ref"]["ssim"]
     metrics["student_ssim_drop_pct"] = 100.0 * (ref_ssim - scores["student"]["ssim"]) / max(ref_ssim, 1e-12)

@@ -32,12 +32,19 @@ class Profile:
     query_size: int = param(64, "side of one attacker query, in output pixels (input: size / scale)")
     query_budget: int = param(256, "queries the attacker may make (one image each)")
     query_batch: int = param(16, "queries sent per request")
+    calib_pool: str = param("calib", "photographs of the calib pool: calib (its own two) or calib+owner (also the "
+                                      "owner's, with degradations of their own)", choices=("calib", "calib+owner"))
+    calib_draws: int = param(0, "degradation draws per calib photograph (0: variants)")
+    answer_bits: int = param(8, "bits per channel of a served answer: rounded to multiples of 1/(2^bits - 1) "
+                                "as an image is (8: 1/255); 0: float answers")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise ValueError(f"profile field '{f.name}' must be >= 0, got {v}")
+        if not 0 <= self.answer_bits <= 16:
+            raise ValueError(f"profile field 'answer_bits' must be 0 (float answers) or 1-16, got {self.answer_bits}")
         for name in ("crop", "batch", "teacher_channels", "student_channels", "query_size", "query_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"profile field '{name}' must be >= 1")
@@ -74,6 +81,10 @@ def get_profile(name: str, overrides: dict[str, str] | None = None) -> Profile:
 DATA_FIELDS = ("image_size", "variants")
 TEACHER_FIELDS = DATA_FIELDS + ("crop", "batch", "teacher_channels", "teacher_blocks", "teacher_steps",
                                 "teacher_lr")
+#: what only calibration reads (the calib pool): part of calibration keys and budgeted cells' keys only
+CALIB_FIELDS = ("calib_pool", "calib_draws")
+#: what the served answers look like: every model trained on answers, and every score of them, depends on it
+ANSWER_FIELDS = ("answer_bits",)
 STUDENT_FIELDS = DATA_FIELDS + ("crop", "batch", "student_channels", "student_blocks", "student_steps",
                                 "student_lr", "query_size", "query_budget")
 

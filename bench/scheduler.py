@@ -369,6 +369,8 @@ def label(cell: Cell) -> str:
     s = cell.spec
     parts = [named(s.task, {k: v for k, v in s.task_params.items() if k != "data"}),
              named(s.defense, s.defense_params), named(s.attack, s.attack_params), f"seed {s.seed}"]
+    if s.teacher_seed:
+        parts.append(f"teacher seed {s.teacher_seed}")
     if s.budget_db is not None:
         parts.append(f"budget {s.budget_db:g} dB")
     return " · ".join(parts)
@@ -536,6 +538,17 @@ def format_summary(result: SweepResult) -> str:
             f"· wall {result.wall_s:.1f} s")
     out = [head, "", tabulate(table, headers=("cell", "status", "teacher_drop_db", "student_drop_db"),
                               disable_numparse=True)]
+    from bench.calibrate import transfer_warning
+
+    drifted = []
+    for row in result.rows:
+        m = row.get("metrics") or {}
+        if row["status"] == "done" and row.get("budget") is not None and "teacher_drop_db" in m:
+            warning = transfer_warning(float(row["budget"]), float(m["teacher_drop_db"]))
+            if warning:
+                drifted.append(f"  {result.labels.get(row['key'], row['key'])}: {warning}")
+    if drifted:
+        out += ["", "warning: calibrated cells whose test cost departs from their budget (> 2x or 0.1 dB):", *drifted]
     if result.failures:
         out += ["", "failed cells (a re-run retries them):"]
         out += [f"  {result.labels.get(k, k)}: {err}" for k, err in result.failures.items()]

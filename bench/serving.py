@@ -2,7 +2,9 @@
 
 The served model has two channels (DESIGN section 2): its *answers* (what every user receives) and
 its *exposed features* (named intermediate features that feature-level attackers consume). A defense
-may touch either. Features are captured and perturbed by forward hooks on named modules; the hooks
+may touch either. With ``answer_bits`` (the pipeline passes the profile's, 8 by default) answers leave as
+an image would: clamped and rounded to 8-bit levels, after the defense (:func:`as_image`).
+Features are captured and perturbed by forward hooks on named modules; the hooks
 are shared by every defense, so feature-level attacks see what each defense does to features.
 
 Stochastic defenses draw randomness from :meth:`Query.generator`, seeded by the query's content and
@@ -57,6 +59,16 @@ class Query:
         return g
 
 
+def as_image(answers: torch.Tensor, bits: int) -> torch.Tensor:
+    """Answers as a served image carries them: clamped to [0, 1] and rounded to multiples of
+    1 / (2**bits - 1) (8 bits: 1/255). ``bits`` 0 keeps float answers (only clamped)."""
+    answers = answers.clamp(0, 1)
+    if not bits:
+        return answers
+    levels = float(2 ** int(bits) - 1)
+    return torch.round(answers * levels) / levels
+
+
 def resolve_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name``; a one-line error listing near names if there is none."""
     modules = dict(model.named_modules())
@@ -81,8 +93,10 @@ class ServedModel(nn.Module):
         *,
         exposed_layers: Sequence[str] = (),
         defense_seed: int = 0,
+        answer_bits: int = 0,
     ) -> None:
         super().__init__()
+        self.answer_bits = int(answer_bits)
         self.model = model
         self.defense = defense
         self.defense_seed = int(defense_seed)
@@ -131,6 +145,8 @@ class ServedModel(nn.Module):
             y = self.model(x)
             if self.defense is not None:
                 y = self.defense.perturb_answers(y, query)
+            if self.answer_bits:  # what a service sends is an image: perturbations under a grey level vanish
+                y = as_image(y, self.answer_bits)
             feats = self._features or {}
         finally:
             self._query = None

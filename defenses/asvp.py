@@ -391,6 +391,7 @@ class ASVP(Defense):
     Params: ClassVar[type] = Params
     strength: ClassVar[str | None] = "h"
     strength_range: ClassVar[tuple[float, float] | None] = (1.0, 2.0)  # h = 1 is the identity
+    strength_spread: ClassVar[tuple[float, ...] | None] = (1.1, 1.25, 1.5, 2.0)
     # the coherence bound caps ||dF|| at rho ||F|| whatever h is; on some models that is too little to matter
     saturation_hint: ClassVar[str] = ("raise the coherence bound (--set defense.rho=2) or drop it "
                                       "(--set defense.coherence=false)")

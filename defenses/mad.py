@@ -179,6 +179,7 @@ class MAD(Defense):
     Params: ClassVar[type] = Params
     strength: ClassVar[str | None] = "eps"
     strength_range: ClassVar[tuple[float, float] | None] = (0.0, 0.02)
+    strength_spread: ClassVar[tuple[float, ...] | None] = (0.01, 0.02, 0.04, 0.08)
     version: ClassVar[str] = "1"
 
     def __init__(self, params: Any, *, seed: int = 0) -> None:

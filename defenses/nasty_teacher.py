@@ -215,6 +215,8 @@ class NastyTeacher(Defense):
     Params: ClassVar[type] = Params
     strength: ClassVar[str | None] = "omega"
     strength_range: ClassVar[tuple[float, float] | None] = (0.0, 0.02)
+    strength_spread: ClassVar[tuple[float, ...] | None] = (0.0, 0.01, 0.03, 0.1)
+    strength_identity: ClassVar[bool] = False  # omega = 0 still fine-tunes a copy of the teacher
     version: ClassVar[str] = "1"
 
     def __init__(self, params: Any, *, seed: int = 0) -> None:

@@ -60,6 +60,7 @@ class OutputNoise(Defense):
     Params: ClassVar[type] = Params
     strength: ClassVar[str | None] = "sigma"
     strength_range: ClassVar[tuple[float, float] | None] = (0.0, 0.02)
+    strength_spread: ClassVar[tuple[float, ...] | None] = (0.005, 0.01, 0.02, 0.04)
     version: ClassVar[str] = "1"
 
     def channels(self) -> tuple[str, ...]:

@@ -43,6 +43,102 @@ def test_find_strength_reports_a_cost_that_saturates_below_the_budget():
     assert len(evaluations) <= 9
 
 
+def first_crossing(cost, budget, lo, hi, n=200_000):
+    """The lowest strength on a fine grid of [lo, hi] whose cost reaches ``budget``."""
+    return next(lo + (hi - lo) * i / n for i in range(n + 1) if cost(lo + (hi - lo) * i / n) >= budget)
+
+
+def never_beyond_the_first_crossing(s, trace, budget):
+    return s <= min(x for x, c in trace if c >= budget)
+
+
+@pytest.mark.parametrize("hi", [0.1, 0.25, 4.0])
+def test_find_strength_keeps_the_first_crossing_of_a_non_monotone_cost(hi):
+    from bench.calibrate import is_monotone
+
+    def cost(s):  # up through the budget before pi/6, down below it, up again: crosses 0.5 three times
+        return 0.8 * math.sin(3 * s) + 0.3 * s
+
+    messages = []
+    s, c, trace = find_strength(cost, 0.5, 0.0, hi, tol=0.01, on_nonmonotone=messages.append)
+    assert abs(c - 0.5) <= 0.01 and c == cost(s)
+    assert s < math.pi / 6 and abs(s - first_crossing(cost, 0.5, 0.0, 4.0)) < 0.01  # the first crossing
+    assert never_beyond_the_first_crossing(s, trace, 0.5)
+    # started at 4, the search evaluated the dip on its way down to the first crossing, and says so
+    assert len(messages) == (0 if hi < 1 else 1) and is_monotone(trace, 0.01) == (hi < 1)
+
+
+def test_find_strength_says_so_when_its_scan_sees_the_cost_fall():
+    from bench.calibrate import is_monotone
+
+    def cost(s):  # a bump that stays below the budget, a dip (scan points 0.5 -> 1), then a rise through it
+        return 0.25 * math.sin(3 * s) + 0.25 * s
+
+    messages = []
+    s, c, trace = find_strength(cost, 0.5, 0.0, 0.5, tol=0.01, what="defense 'x'", on_nonmonotone=messages.append)
+    assert [x for x, _ in trace[:3]] == [0.5, 1.0, 2.0] and trace[1][1] < trace[0][1] - 0.01  # the scan's dip
+    assert abs(c - 0.5) <= 0.01 and abs(s - first_crossing(cost, 0.5, 0.0, 4.0)) < 0.01
+    assert never_beyond_the_first_crossing(s, trace, 0.5)
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert messages[0].startswith("defense 'x': teacher cost is not monotone in strength")
+    assert "falls from 0.37 dB at 0.5 to 0.29 dB at 1;" in messages[0]
+    assert f"kept the first crossing at {s:.4g}" in messages[0]
+    assert not is_monotone(trace, 0.01)
+
+
+def test_find_strength_finds_a_cost_that_is_negative_at_first_like_mad():
+    from bench.calibrate import is_monotone
+
+    measured = [(0.0, 0.0), (0.02, -0.51), (0.05, -0.40), (0.1, 0.20), (0.2, 1.5), (0.4, 4.0), (10.0, 50.0)]
+
+    def cost(s):  # MAD on derain: below 0 at small strengths, then rising through the budget
+        (s0, c0), (s1, c1) = next((a, b) for a, b in zip(measured, measured[1:]) if a[0] <= s <= b[0])
+        return c0 + (c1 - c0) * (s - s0) / (s1 - s0)
+
+    messages = []
+    s, c, trace = find_strength(cost, 0.5, 0.0, 0.02, tol=0.01, on_nonmonotone=messages.append)
+    assert abs(c - 0.5) <= 0.01 and abs(s - (0.1 + 0.1 * 0.3 / 1.3)) < 0.001
+    assert never_beyond_the_first_crossing(s, trace, 0.5)
+    # the evaluated costs rise, but from the identity's 0 they first fall to -0.51 dB
+    assert is_monotone(trace, 0.01) and not is_monotone(trace, 0.01, identity=0.0)
+    assert len(messages) == 1 and "from 0.00 dB at the identity 0 (taken as 0 dB) to -0.51 dB at 0.02" in messages[0]
+
+
+def test_find_strength_never_keeps_a_point_beyond_the_first_crossing():
+    def cost(s):  # 0.52 dB at the first guess 1, but a spike over the budget just below it
+        return 0.52 * s + (2.0 if 0.9 < s < 0.99 else 0.0)
+
+    messages = []
+    s, c, trace = find_strength(cost, 0.5, 0.0, 1.0, tol=0.01, max_evals=3, on_nonmonotone=messages.append)
+    assert trace[0] == (1.0, 0.52) and 0.9 < trace[1][0] < 0.99  # the spike, closer to the first crossing
+    assert s < trace[1][0] and never_beyond_the_first_crossing(s, trace, 0.5)  # not 1.0, though 0.52 is closest
+    assert len(messages) == 1
+
+
+@pytest.mark.parametrize("budget", [0.1, 1.0, 3.0])
+@pytest.mark.parametrize("kind", ["noise", "flat then rising"])
+def test_find_strength_is_silent_about_a_monotone_cost(budget, kind):
+    from bench.calibrate import is_monotone
+
+    def cost(s):  # noise-like, or nasty-teacher-like: nothing at first, then a rise
+        return 10 * math.log10(1 + (s / 0.013) ** 2) if kind == "noise" else 40 * max(0.0, s - 0.05) ** 2
+
+    messages = []
+    s, c, trace = find_strength(cost, budget, 0.0, 0.02, tol=0.01, on_nonmonotone=messages.append)
+    assert abs(c - budget) <= 0.01 and messages == []
+    assert is_monotone(trace, 0.01) and is_monotone(trace, 0.01, identity=0.0)
+    assert not is_monotone(trace + [(max(x for x, _ in trace) * 2, -1.0)], 0.01)  # and it can tell a fall
+
+
+def test_is_monotone_forgives_a_fall_within_the_tolerance():
+    from bench.calibrate import is_monotone
+
+    noisy = [(0.4, 0.52), (0.1, 0.2), (0.2, 0.305), (0.3, 0.298)]  # any order; 0.305 -> 0.298 is noise
+    assert is_monotone(noisy, 0.01) and not is_monotone(noisy, 0.005)
+    assert is_monotone([(0.1, -0.005)], 0.01, identity=0.0) and not is_monotone([(0.1, -0.02)], 0.01, identity=0.0)
+    assert is_monotone([(0.1, 0.3), (0.1, 0.2)], 0.01)  # one strength measured twice is no fall
+
+
 # ----------------------------------------------------------------------------------- on the smoke task
 @pytest.fixture(scope="module")
 def teacher(shared_home):

@@ -63,6 +63,7 @@ def test_cell_key_depends_on_what_changes_results():
 def test_shared_models_are_scored_once_and_equal_a_fresh_evaluation(tmp_path):
     """The teacher and the reference/ground-truth students are scored once per store; a second cell reads
     the same numbers, which equal scoring the models again; a damaged score file is recomputed."""
+    from bench.api import Defense
     from bench.cache import Artifacts
     from bench.pipeline import evaluate, get_teacher, scored
 
@@ -77,8 +78,10 @@ def test_shared_models_are_scored_once_and_equal_a_fresh_evaluation(tmp_path):
     teacher, key, trained = get_teacher(cell.task, cell.profile, 0, artifacts, progress=False)
     assert not trained
     test = cell.task.splits().test
-    fresh = evaluate(teacher, test, cell.task)
-    assert fresh == {"psnr": first["teacher_psnr"], "ssim": first["teacher_ssim"]}
-    for f in files:
-        f.write_text("{not json")
-    assert scored(teacher, test, cell.task, artifacts, key, "teacher") == fresh
+    with Defense(None).serve(teacher, answer_bits=cell.profile.answer_bits) as undefended:  # 8-bit, as served
+        fresh = evaluate(undefended, test, cell.task)
+        assert fresh["psnr"] == first["teacher_psnr"] and fresh["ssim"] == first["teacher_ssim"]
+        assert fresh["psnr_per_image"] == first["teacher_psnr_per_image"]
+        for f in files:
+            f.write_text("{not json")
+        assert scored(undefended, test, cell.task, artifacts, key, "teacher-8bit") == fresh
