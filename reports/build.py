@@ -73,15 +73,17 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
                     "Failed cells with their errors. Fix the cause and re-run them (finished cells are kept).")
     for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
         mine = [t for t in tables if t.profile == profile]
-        labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows}
+        labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows
+                  if r.matched_cost is None}
         for t in mine:
             absent = sorted(labels[c] for c in set(labels) - {r.config_id for r in t.rows})
             if absent:
                 msgs.append(f"{t.task} · {t.attack} · profile {profile}: no finished cells for " + "; ".join(absent)
                             + " (other tasks or attacks have them).")
+    listed = [(t, r) for t in tables for r in t.rows if r.matched_cost is None and not r.floor]
     one_seed = [f"{t.task} · {r.defense} ({r.budget_text}) · {t.attack} · profile {t.profile}"
-                for t in tables for r in t.rows if len(r.seeds) == 1]
-    total = sum(len(t.rows) for t in tables)
+                for t, r in listed if len(r.pairs) == 1]
+    total = len(listed)
     if one_seed and len(one_seed) == total:  # a one-seed sweep: naming every configuration says nothing more
         msgs.append(f"every configuration ({total}) has one seed only, so no confidence interval (marked †). "
                     "Run at least 3 seeds for published numbers.")

@@ -18,6 +18,7 @@ Reads ``<home>/results.sqlite`` through :meth:`bench.store.Store.dataframe` and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ from bench.cache import canonical_json
 
 #: per-cell metrics the reports aggregate (all in the store's ``metrics`` JSON)
 DROPS = ("teacher_drop_db", "student_drop_db", "student_ssim_drop_pct")
+#: the teacher's cost beyond the mean drop: the worst test image's drop, served-vs-teacher PSNR
+COSTS = ("worst_teacher_drop_db", "served_fidelity_db")
+#: per-image values (lists in the store, JSON lists in the CSV), in the test pool's order
+PER_IMAGE = ("teacher_drop_db_per_image", "teacher_psnr_per_image", "served_psnr_per_image",
+             "served_fidelity_db_per_image")
 SCORES = tuple(f"{who}_{m}" for who in ("input", "teacher", "served", "student_ref", "student", "student_gt")
                for m in ("psnr", "ssim"))
 TIMINGS = ("data_s", "teacher_s", "defense_fit_s", "reference_student_s", "student_s", "score_s")
@@ -111,7 +117,7 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame(columns=["key", "status", "error", "task", "defense", "attack", "seed", "profile"])
     df = raw.copy()
-    for col in (*DROPS, *SCORES, *TIMINGS, "queries_used", "wall_s"):
+    for col in (*DROPS, *COSTS, *SCORES, *TIMINGS, "queries_used", "wall_s"):
         if col not in df:
             df[col] = np.nan
         df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -212,7 +218,7 @@ CSV_FIRST = ("key", "status", "error", "profile", "profile_label", "task", "task
              "teacher_model", "student_model",
              "defense", "defense_label", "defense_params", "channels", "budget_db", "strength_param",
              "strength", "attack", "attack_label", "attack_params", "attack_access", "attack_sees_defense",
-             "seed", "teacher_seed", *DROPS, *SCORES, "queries_used", "wall_s", *TIMINGS)
+             "seed", "teacher_seed", *DROPS, *COSTS, *SCORES, "queries_used", "wall_s", *TIMINGS, *PER_IMAGE)
 _CSV_DROP = ("config", "traceback", "task_id", "defense_id", "attack_id", "profile_id", "family_id", "config_id",
              "defense_base", "budget")
 
@@ -224,7 +230,10 @@ def csv_frame(cells: pd.DataFrame) -> pd.DataFrame:
     first = [c for c in CSV_FIRST if c in cells]
     rest = sorted(c for c in cells if c not in first and c not in _CSV_DROP)
     out = cells[first + rest].copy()
-    return out.sort_values(["profile", "task", "attack", "defense", "seed"], kind="stable")
+    for col in PER_IMAGE:
+        if col in out:
+            out[col] = [json.dumps(v) if isinstance(v, list) else None for v in out[col]]
+    return out.sort_values(["profile", "task", "attack", "defense", "teacher_seed", "seed"], kind="stable")
 
 
 def to_csv(cells: pd.DataFrame, path: Path) -> None:

@@ -40,14 +40,16 @@ def _read(path: Path) -> np.ndarray | None:
 
 def chosen_cells(table: Table, cells: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     """(row label, cell) per configuration of ``table``, at one seed shared by every row where possible."""
-    common = set.intersection(*(set(r.seeds) for r in table.rows)) if table.rows else set()
+    rows = list({r.config_id: r for r in table.rows if r.matched_cost is None and r.pairs}.values())  # as run
+    common = set.intersection(*(set(r.pairs) for r in rows)) if rows else set()
     profile_id, task_id, attack_id = table.ids
     mine = cells[(cells["profile_id"] == profile_id) & (cells["task_id"] == task_id) & (cells["attack_id"] == attack_id)
                  & (cells["status"] == "done")]
     out = []
-    for r in table.rows:
+    for r in rows:
         g = mine[mine["config_id"] == r.config_id]
-        g = g[g["seed"] == min(common)] if common else g[g["seed"] == min(r.seeds)]
+        teacher_seed, seed = min(common) if common else min(r.pairs)
+        g = g[(g["seed"] == seed) & (g["teacher_seed"].fillna(0).astype(int) == teacher_seed)]
         if len(g):
             budget = "" if r.budget_db is None else f"\n@ {r.budget_text}"
             out.append((r.defense + budget, g.iloc[0]))

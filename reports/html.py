@@ -62,13 +62,16 @@ def data_uri(image: bytes, filename: str = ".png") -> str:
 
 
 def table_html(table: Table) -> str:
-    numeric = {0, 4, 5, 6, 7}
+    numeric = {0, 3, 4, 5, 6, 9, 10}
     head = "".join(f'<th class="{"num" if i in numeric else ""}">{esc(h)}</th>' for i, h in enumerate(HEADERS))
     body = []
     for i, row in enumerate(table.rows):
         classes = []
-        if i and row.budget_db != table.rows[i - 1].budget_db:
-            classes.append("group")
+        if i == 0 or row.group != table.rows[i - 1].group:
+            span = f'<td colspan="{len(HEADERS)}"><em>{esc(row.group)}</em></td>'
+            body.append(f'<tr class="{"group" if i else ""}">{span}</tr>')
+        if row.floor:
+            classes.append("floor")
         if not row.sees:
             classes.append("unseen")
         cells = row_cells(row, escape=esc)

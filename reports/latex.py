@@ -21,7 +21,7 @@ _SPECIAL = {
 }
 _PATTERN = re.compile("|".join(re.escape(k) for k in _SPECIAL))
 #: PSNR drops to 2 decimals (as restoration papers print PSNR), SSIM drop in % to 1
-DECIMALS = {"teacher": 2, "student": 2, "ssim": 1}
+DECIMALS = {"teacher": 2, "student": 2, "ssim": 1, "fidelity": 1}
 PREAMBLE = "% antidistill-bench leaderboard. Needs \\usepackage{booktabs} in the preamble.\n"
 
 
@@ -52,39 +52,47 @@ def _estimate(text: str) -> str:
     return f"{mean}{{\\scriptsize\\,$\\pm$\\,{ci}}}"
 
 
+def _number(text: str) -> str:
+    """An estimate cell (or a word such as n/a) as LaTeX."""
+    return "--" if text == "–" else _estimate(escape(text))
+
+
 def table_latex(table: Table) -> str:
-    """One booktabs table; budget groups are headed by a spanning row instead of a column (narrower)."""
+    """One booktabs table; ranked groups (matched test cost, calibrated budget, as run) are headed by a
+    spanning row instead of a column (narrower)."""
     lines = [
         f"% {escape(table.title)}",
         r"\begin{table}[htbp]",
-        r"  \centering\small",
-        r"  \setlength{\tabcolsep}{3pt}",
-        f"  \\caption{{Student PSNR drop at equal teacher budget: {escape(table.task)}, attack "
+        r"  \centering\scriptsize",
+        r"  \setlength{\tabcolsep}{2.5pt}",
+        f"  \\caption{{Student PSNR drop at equal teacher cost: {escape(table.task)}, attack "
         f"{escape(table.attack)}, profile {escape(table.profile)}. Mean $\\pm$ 95\\,\\% confidence interval over "
-        r"seeds (Student $t$); SSIM drop: the student's, relative; $n$: seeds. Acts on: the channel the "
-        r"defense changes (ans.: every user's answers; "
+        r"(teacher seed, student seed) pairs (Student $t$); $n$: pairs. Teacher: mean drop on test, the worst test "
+        r"image's drop, and fidelity (served vs.\ teacher answers, PSNR). Floor: paired $t$-test against the noise "
+        r"floor, Holm-corrected within each group (above: significantly larger; n.s.: not separable). Rows that "
+        r"cannot be separated share a rank. Acts on: the channel the defense changes (ans.: every user's answers; "
         r"feat.: the features exposed to feature-level attackers).}",
         f"  \\label{{tab:leaderboard-{_slug(table.task)}-{_slug(table.attack)}-{_slug(table.profile)}}}",
-        r"  \begin{tabular}{rllrrrr}",
+        r"  \begin{tabular}{rllrrrrlrr}",
         r"    \toprule",
-        r"    & & & \multicolumn{2}{c}{PSNR drop (dB)} & SSIM & \\",
-        r"    \cmidrule(lr){4-5}",
-        r"    Rank & Defense & Acts on & teacher & student & drop (\%) & $n$ \\",
+        r"    & & & \multicolumn{3}{c}{teacher} & student & & SSIM & \\",
+        r"    \cmidrule(lr){4-6}",
+        r"    Rank & Defense & Acts on & drop (dB) & worst (dB) & fid.\ (dB) & drop (dB) & vs floor & drop (\%) "
+        r"& $n$ \\",
         r"    \midrule",
     ]
     for i, row in enumerate(table.rows):
-        if i == 0 or row.budget_db != table.rows[i - 1].budget_db:
+        if i == 0 or row.group != table.rows[i - 1].group:
             if i:
                 lines.append(r"    \midrule")
-            group = ("uncalibrated (each at its set strength)" if row.budget_db is None
-                     else f"teacher budget {row.budget_text}")
-            lines.append(f"    \\multicolumn{{7}}{{l}}{{\\emph{{{escape(group)}}}}} \\\\")
+            lines.append(f"    \\multicolumn{{10}}{{l}}{{\\emph{{{escape(row.group)}}}}} \\\\")
         cells = row_cells(row, pm=" PM ", escape=escape, decimals=DECIMALS)
         cells[0] = escape(cells[0])
-        cells[1] = _defense(row.defense)
+        cells[1] = _defense(row.defense) + (f"\\,{escape(row.flags)}" if row.flags else "")
         cells[2] = escape(_SHORT_CHANNELS.get(row.channels, row.channels)) + (
             "\\," + escape(UNSEEN) if not row.sees else "")
-        cells = cells[:3] + [_estimate(c) for c in cells[4:7]] + [escape(cells[7])]
+        n_text = escape(cells[10].split(" (")[0] + (f" {ONE_SEED}" if ONE_SEED in cells[10] else ""))
+        cells = (cells[:3] + [_number(c) for c in cells[3:7]] + [escape(cells[7]), _number(cells[9]), n_text])
         lines.append("    " + " & ".join(cells) + r" \\")
     lines += [r"    \bottomrule", r"  \end{tabular}"]
     if table.notes:

@@ -1,14 +1,30 @@
-"""Leaderboards: per (profile, task, attack), defenses ranked by student drop at equal teacher budget.
+"""Leaderboards: per (profile, task, attack), defenses ranked by student drop at equal teacher cost, with
+the noise floor and significance (DESIGN section 2, "Equal cost, measured on test" and "The noise floor
+and significance").
 
-One table per (profile, task, attack); its rows are defense configurations, in groups of equal teacher
-budget: each calibrated budget (``budget_db``, ascending), then the ``uncalibrated`` cells, which ran at
-a set strength and show the teacher drop they measured, so a reader sees what the student drop cost.
-Within a group, configurations are ranked by mean student PSNR drop (highest first). Every number is a
-mean over seeds with its 95 % Student-t interval (:mod:`reports.stats`), and the seed count is shown.
+One table per (profile, task, attack). Its rows come in ranked *groups*, in this order:
+
+1. **Matched test cost** (the primary ranking; ``MATCHED_COSTS``, 0.1, 0.5 and 1.0 dB): every defense run
+   at two or more strengths is one curve per (teacher seed, student seed) pair, teacher drop on test
+   against student drop, read at the cost by linear interpolation (:func:`reports.matched.at_cost`; the
+   curve starts at (0, 0) at the identity strength where the plugin says its answers are then the
+   teacher's, ``Defense.strength_identity``). A curve that does not reach the cost gives no value for
+   that pair (never an extrapolation) and the row says on how many pairs it was reached.
+2. **Calibrated on calib** (deployment-realistic: what an owner can do without test data): cells run at
+   the strength that cost ``budget_db`` on the calib split, with the cost they had on test beside it and
+   a warning where the two part by more than 2x or 0.1 dB (:func:`bench.calibrate.transfer_warning`).
+3. **As run**: every configuration at the strength it was run with, with the teacher cost it had.
+
+Every group that holds a ``noise_floor`` configuration shows it as the ``noise floor`` row: a student
+trained on its own from invisibly perturbed answers, whose spread is the chaos of training. Within a
+group each row's paired student drops (same teacher and student seeds) are tested against the floor and
+against every other row (:func:`reports.significance.verdicts`; paired two-sided t-tests, Holm-corrected
+over every comparison of the group); a row's rank is 1 + the number of rows significantly above it, so
+rows that cannot be separated share a rank. Every number is a mean over (teacher seed, student seed)
+pairs with its 95 % Student-t interval (:mod:`reports.stats`), and the pair counts are shown.
 
 A defense that touches only a channel the attack cannot see (features, against an output-only attack)
-is listed but not ranked: its student is the undefended one, and crediting its zero drop, or its zero
-teacher cost, would compare nothing.
+is listed but not ranked: its student is the undefended one.
 
 This module computes the tables and renders Markdown (tabulate); :mod:`reports.latex` and
 :mod:`reports.html` render the same :class:`Table` objects.
@@ -17,20 +33,35 @@ This module computes the tables and renders Markdown (tabulate); :mod:`reports.l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from reports.cells import format_value
+from reports.matched import at_cost
+from reports.significance import verdicts
 from reports.stats import Estimate, mean_ci
 
-HEADERS = ("Rank", "Defense", "Acts on", "Teacher budget", "Teacher drop (dB)", "Student drop (dB)",
-           "Student SSIM drop (%)", "Seeds")
+#: teacher costs on test (dB) at which trade-off curves are compared
+MATCHED_COSTS = (0.1, 0.5, 1.0)
+FLOOR_DEFENSE = "noise_floor"
+FLOOR_LABEL = "noise floor"
+#: how the tables test, in words a report prints (one Holm family per ranked group: each group is its own
+#: question, and the as-run group's many strengths should not dilute the matched-cost verdicts)
+METHOD_TEXT = ("Significance: paired two-sided t-tests over (teacher seed, student seed) pairs "
+               "(scipy.stats.ttest_rel), p-values adjusted with Holm's step-down method over every comparison "
+               "within one ranked group (each matched cost, each budget, the as-run strengths); alpha 0.05.")
+HEADERS = ("Rank", "Defense", "Acts on", "Teacher drop (dB)", "Worst image (dB)", "Fidelity (dB)",
+           "Student drop (dB)", "vs floor", "vs top", "Student SSIM drop (%)", "Pairs")
 #: decimals per estimate column (screen tables; the LaTeX tables print dB to 2 decimals, as papers do)
-DECIMALS = {"teacher": 3, "student": 3, "ssim": 1}
+DECIMALS = {"teacher": 3, "student": 3, "ssim": 1, "fidelity": 1}
 ONE_SEED = "†"
 UNSEEN = "‡"
+TRANSFER = "!"
+PARTIAL = "~"
+
+Pair = tuple[int, int]  # (teacher seed, student seed)
 
 
 @dataclass
@@ -39,15 +70,40 @@ class Row:
     defense: str
     channels: str
     sees: bool
-    budget_db: float | None
+    group: str
     teacher: Estimate
     student: Estimate
     ssim: Estimate
-    seeds: list[int]
+    pairs: list[Pair]
     config_id: str
     family_id: str
     defense_base: str
+    budget_db: float | None = None
+    worst: Estimate = field(default_factory=lambda: Estimate(math.nan, None, 0))
+    fidelity: Estimate = field(default_factory=lambda: Estimate(math.nan, None, 0))
+    #: the group's matched teacher cost (the teacher column shows it instead of a measured estimate)
+    matched_cost: float | None = None
     failed: int = 0
+    floor: bool = False
+    #: pair -> student drop (what the significance tests compare)
+    samples: dict[Pair, float] = field(default_factory=dict)
+    p_floor: float = math.nan
+    above_floor: bool = False
+    p_top: float = math.nan
+    separable_from_top: bool = False
+    top: bool = False
+    #: marks after the defense name (TRANSFER: calib budget did not hold on test; PARTIAL: curve reached
+    #: the matched cost on some pairs only)
+    flags: str = ""
+
+    @property
+    def seeds(self) -> list[int]:
+        """The student seeds behind the row."""
+        return sorted({s for _, s in self.pairs})
+
+    @property
+    def teacher_seeds(self) -> list[int]:
+        return sorted({t for t, _ in self.pairs})
 
     @property
     def budget_text(self) -> str:
@@ -70,9 +126,28 @@ class Table:
         access = f" ({self.attack_access})" if self.attack_access else ""
         return f"{self.task} · {self.attack}{access} · profile {self.profile}"
 
+    def groups(self) -> list[tuple[str, list[Row]]]:
+        """The rows in their ranked groups, in order."""
+        out: list[tuple[str, list[Row]]] = []
+        for r in self.rows:
+            if not out or out[-1][0] != r.group:
+                out.append((r.group, []))
+            out[-1][1].append(r)
+        return out
+
 
 def _seed_list(seeds: list[int]) -> str:
     return ", ".join(str(s) for s in seeds)
+
+
+def _pair(t: object, s: object) -> Pair:
+    return (0 if t is None or pd.isna(t) else int(t), int(s))
+
+
+def _values(g: pd.DataFrame, column: str) -> dict[Pair, float]:
+    if column not in g:
+        return {}
+    return {_pair(t, s): float(v) for t, s, v in zip(g["teacher_seed"], g["seed"], g[column]) if not pd.isna(v)}
 
 
 def build_tables(cells: pd.DataFrame) -> list[Table]:
@@ -86,47 +161,167 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
         first = grp.iloc[0]
         fail_here = failed[(failed["profile_id"] == profile_id) & (failed["task_id"] == task_id)
                            & (failed["attack_id"] == attack_id)]
-        rows = []
-        for config_id, g in grp.groupby("config_id", sort=False):
-            budget = g["budget_db"].iloc[0]
-            label = g["defense_label"].iloc[0]
-            strengths = sorted(set(g["strength"].dropna()))
-            if not pd.isna(budget) and strengths:  # calibrated: the strength calibration found, per seed
-                span = format_value(strengths[0]) + ("" if len(strengths) == 1 else f"–{format_value(strengths[-1])}")
-                base = g["defense_base"].iloc[0]
-                inner = f"{g['strength_param'].iloc[0]}={span}"
-                label = f"{base[:-1]}, {inner})" if base.endswith(")") else f"{base} ({inner})"
-            rows.append(Row(
-                rank=None, defense=label, channels=g["channels"].iloc[0],
-                sees=bool(g["attack_sees_defense"].all()),
-                budget_db=None if pd.isna(budget) else float(budget),
-                teacher=mean_ci(g["teacher_drop_db"]), student=mean_ci(g["student_drop_db"]),
-                ssim=mean_ci(g["student_ssim_drop_pct"]), seeds=sorted(int(s) for s in g["seed"]),
-                config_id=config_id, family_id=g["family_id"].iloc[0], defense_base=g["defense_base"].iloc[0],
-                failed=int((fail_here["config_id"] == config_id).sum()),
-            ))
+        notes: list[str] = []
+        floor = _config_rows(grp[grp["defense"] == FLOOR_DEFENSE], fail_here, "")
+        groups = _matched_groups(grp, floor, notes)
+        for budget in sorted(set(grp["budget_db"].dropna())):
+            name = f"calibrated to {format_value(float(budget))} dB on calib"
+            groups.append((name, _config_rows(grp[grp["budget_db"] == budget], fail_here, name)))
+        as_run = grp[grp["budget_db"].isna()]
+        if len(as_run):
+            groups.append(("as run (each at its set strength)", _config_rows(as_run, fail_here,
+                                                                              "as run (each at its set strength)")))
+        rows: list[Row] = []
+        for name, members in groups:
+            members = [r for r in members if not r.floor]
+            if not floor and not members:
+                continue
+            rows += [*_copy_floor(floor, name), *members]
         rows = _rank(rows)
         table = Table(profile=first["profile_label"], task=first["task_label"], attack=first["attack_label"],
                       attack_access=first["attack_access"] if isinstance(first["attack_access"], str) else None,
                       rows=rows, ids=(profile_id, task_id, attack_id))
-        table.notes = _notes(table, grp, fail_here)
+        table.notes = _notes(table, grp, fail_here, has_floor=bool(floor)) + notes
         tables.append(table)
     tables.sort(key=lambda t: (t.profile, t.task, t.attack))
     return tables
 
 
+def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Row]:
+    """One row per defense configuration (a strength, or a calibrated budget) of these cells."""
+    from bench.calibrate import transfer_warning
+
+    rows = []
+    for config_id, g in grp.groupby("config_id", sort=False):
+        budget = g["budget_db"].iloc[0]
+        label = g["defense_label"].iloc[0]
+        is_floor = g["defense"].iloc[0] == FLOOR_DEFENSE
+        strengths = sorted(set(g["strength"].dropna()))
+        if not pd.isna(budget) and strengths:  # calibrated: the strength calibration found, per seed
+            span = format_value(strengths[0]) + ("" if len(strengths) == 1 else f"–{format_value(strengths[-1])}")
+            base = g["defense_base"].iloc[0]
+            inner = f"{g['strength_param'].iloc[0]}={span}"
+            label = f"{base[:-1]}, {inner})" if base.endswith(")") else f"{base} ({inner})"
+        row = Row(
+            rank=None, defense=FLOOR_LABEL if is_floor else label, channels=g["channels"].iloc[0],
+            sees=bool(g["attack_sees_defense"].all()), group=group,
+            budget_db=None if pd.isna(budget) else float(budget),
+            teacher=mean_ci(g["teacher_drop_db"]), student=mean_ci(g["student_drop_db"]),
+            ssim=mean_ci(g["student_ssim_drop_pct"]), worst=mean_ci(g["worst_teacher_drop_db"]),
+            fidelity=mean_ci(g["served_fidelity_db"]),
+            pairs=sorted(_pair(t, s) for t, s in zip(g["teacher_seed"], g["seed"])),
+            config_id=config_id, family_id=g["family_id"].iloc[0], defense_base=g["defense_base"].iloc[0],
+            failed=int((failed["config_id"] == config_id).sum()), floor=is_floor,
+            samples=_values(g, "student_drop_db"),
+        )
+        if row.budget_db is not None and row.teacher.n and transfer_warning(row.budget_db, row.teacher.mean):
+            row.flags += TRANSFER
+        rows.append(row)
+    return rows
+
+
+def _copy_floor(floor: list[Row], group: str) -> list[Row]:
+    import dataclasses
+
+    return [dataclasses.replace(r, group=group) for r in floor]
+
+
+def _identity(name: str) -> float | None:
+    """The strength at which the installed defense's answers are the teacher's (a curve's (0, 0) point)."""
+    from bench.registry import DEFENSES
+
+    try:
+        cls = DEFENSES.get(name)
+    except Exception:  # uninstalled or broken plugin: its curves simply get no anchor
+        return None
+    rng = getattr(cls, "strength_range", None)
+    return float(rng[0]) if rng is not None and getattr(cls, "strength_identity", True) else None
+
+
+def _matched_groups(grp: pd.DataFrame, floor: list[Row], notes: list[str]) -> list[tuple[str, list[Row]]]:
+    """The matched-test-cost groups: each defense family's curve per seed pair, read at each cost."""
+    swept = grp[grp["budget_db"].isna() & grp["strength"].notna() & grp["attack_sees_defense"].astype(bool)
+                & (grp["defense"] != FLOOR_DEFENSE)]
+    families = [(fid, f) for fid, f in swept.groupby("family_id", sort=False) if f["strength"].nunique() >= 2]
+    if not families:
+        return []
+    groups: list[tuple[str, list[Row]]] = []
+    for cost in MATCHED_COSTS:
+        name = f"matched test cost {format_value(cost)} dB"
+        rows = []
+        for family_id, f in families:
+            rows.append(_matched_row(family_id, f, cost, name, notes))
+        groups.append((name, rows))
+    return groups
+
+
+def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes: list[str]) -> Row:
+    defense = f["defense"].iloc[0]
+    identity = _identity(defense)
+    strengths = sorted(set(f["strength"]))
+    base = f["defense_base"].iloc[0]
+    label = f"{base} ({f['strength_param'].iloc[0]} {format_value(strengths[0])}–{format_value(strengths[-1])})"
+    values: dict[str, dict[Pair, float]] = {"student": {}, "ssim": {}, "worst": {}}
+    short, nonmonotone, pairs = [], 0, []  # short: the highest test cost of each pair that does not reach it
+    for (t, s), c in f.groupby(["teacher_seed", "seed"], sort=True, dropna=False):
+        pair = _pair(t, s)
+        pairs.append(pair)
+        anchor = None if identity is None else (identity, 0.0, 0.0)
+        for what, column in (("student", "student_drop_db"), ("ssim", "student_ssim_drop_pct"),
+                             ("worst", "worst_teacher_drop_db")):
+            points = list(zip(c["strength"], c["teacher_drop_db"], c[column]))
+            m = at_cost(points, cost, anchor=anchor)
+            if m.value is not None:
+                values[what][pair] = m.value
+            elif what == "student":
+                short.append(max(c["teacher_drop_db"]))
+            if what == "student" and not m.monotone:
+                nonmonotone += 1
+    reached = len(values["student"])
+    row = Row(rank=None, defense=label, channels=f["channels"].iloc[0], sees=True, group=group,
+              teacher=Estimate(cost, None, reached), student=mean_ci(values["student"].values()),
+              ssim=mean_ci(values["ssim"].values()), worst=mean_ci(values["worst"].values()),
+              pairs=sorted(values["student"]), config_id=family_id, family_id=family_id, defense_base=base,
+              matched_cost=cost, samples=values["student"])
+    if reached < len(pairs):
+        row.flags += PARTIAL
+        lo, hi = min(short), max(short)
+        why = f"the others reach only {lo:.2f}" + ("" if hi - lo < 0.005 else f"–{hi:.2f}") + " dB"
+        if not reached:
+            why = why.replace("the others reach", "they reach")
+        where = f"on {reached} of {len(pairs)} seed pairs" if reached else "on none of its seed pairs"
+        notes.append(f"{PARTIAL} {label} reaches {format_value(cost)} dB of test cost {where} ({why}); "
+                     + ("its row is over the pairs that reach it." if reached else "it is not ranked there."))
+    if nonmonotone and cost == MATCHED_COSTS[0]:
+        notes.append(f"{label}: teacher cost on test is not monotone in strength on {nonmonotone} of {len(pairs)} "
+                     "seed pairs; the first crossing of each cost is used.")
+    return row
+
+
 def _rank(rows: list[Row]) -> list[Row]:
-    budgets = sorted({r.budget_db for r in rows if r.budget_db is not None})
+    """Significance and ranks within each group (one Holm family per group), rows ordered by rank."""
     ordered: list[Row] = []
-    for b in [*budgets, None]:
-        group = [r for r in rows if r.budget_db == b]
-        seen = sorted((r for r in group if r.sees), key=lambda r: (-_key(r.student.mean), r.defense))
-        rank, last = 0, None
-        for i, r in enumerate(seen, 1):
-            if last is None or not math.isclose(r.student.mean, last, rel_tol=0, abs_tol=1e-12):
-                rank, last = i, r.student.mean
-            r.rank = rank
-        ordered += seen + sorted((r for r in group if not r.sees), key=lambda r: r.defense)
+    grouped: list[tuple[str, list[Row]]] = []
+    for r in rows:
+        if not grouped or grouped[-1][0] != r.group:
+            grouped.append((r.group, []))
+        grouped[-1][1].append(r)
+    for _, members in grouped:
+        ranked = [r for r in members if r.sees and not r.floor and r.student.n > 0]
+        floor = next((r for r in members if r.floor), None)
+        entries: list[tuple[Hashable, dict[Pair, float]]] = [(id(r), r.samples) for r in ranked]
+        if floor is not None:
+            entries.append((id(floor), floor.samples))
+        result = verdicts([entries], floor=id(floor) if floor is not None else None)
+        top = max(ranked, key=lambda x: _key(x.student.mean)) if ranked else None
+        for r in ranked:
+            v = result[(0, id(r))]
+            r.rank, r.p_floor, r.above_floor = v.rank, v.p_floor, v.above_floor
+            r.p_top, r.separable_from_top = v.p_top, v.separable_from_top
+            r.top = r is top
+        ranked.sort(key=lambda r: (r.rank, -_key(r.student.mean), r.defense))
+        rest = [r for r in members if r not in ranked and not r.floor]
+        ordered += ([floor] if floor is not None else []) + ranked + sorted(rest, key=lambda r: r.defense)
     return ordered
 
 
@@ -134,7 +329,7 @@ def _key(x: float) -> float:
     return -math.inf if math.isnan(x) else x
 
 
-def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame) -> list[str]:
+def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: bool) -> list[str]:
     notes = []
     ref = mean_ci(grp["teacher_psnr"]).mean, mean_ci(grp["student_ref_psnr"]).mean
     gt = mean_ci(grp["student_gt_psnr"]).mean if "student_gt_psnr" in grp else math.nan
@@ -142,25 +337,47 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame) -> list[str]:
         also = "" if math.isnan(gt) else f", the attack trained on ground truth instead of answers {gt:.2f} dB"
         notes.append(f"Undefended teacher {ref[0]:.2f} dB PSNR, reference student {ref[1]:.2f} dB{also} (means "
                      "over this table's cells); drops are paired differences from the reference.")
-    if any(r.budget_db is None for r in table.rows):
-        notes.append("Uncalibrated: each defense at the strength it was run with; read its student drop "
-                     "together with the teacher drop it costs.")
+    pairs = sorted({_pair(t, s) for t, s in zip(grp["teacher_seed"], grp["seed"])})
+    n_t, n_s = len({t for t, _ in pairs}), len({s for _, s in pairs})
+    notes.append(f"Intervals: 95 % Student t over (teacher seed, student seed) pairs; this table has {n_s} student "
+                 f"seed(s) ({_seed_list(sorted({s for _, s in pairs}))}) and {n_t} teacher seed(s) "
+                 f"({_seed_list(sorted({t for t, _ in pairs}))}). Pairs column: pairs behind the row "
+                 "(student x teacher seeds).")
+    if has_floor:
+        notes.append(f"{METHOD_TEXT} vs floor: the row's drops against the noise floor's (above: significantly "
+                     "larger; n.s.: not separable from training noise). vs top: against the group's highest row. "
+                     "Rows that cannot be separated share a rank.")
+    else:
+        notes.append("No noise floor in this table: add noise_floor to the grid's defenses. Without it no drop can "
+                     "be told from the chaos of training; ranks still come from paired tests between rows.")
+    if any(r.matched_cost is not None for r in table.rows):
+        notes.append("Matched test cost: each defense's trade-off curve (teacher drop on test against student drop, "
+                     "one per seed pair, through its strengths) read at that teacher cost by linear interpolation, "
+                     "never extrapolated. Worst image: the largest per-image teacher drop on test. Fidelity: PSNR "
+                     "of the served answers against the undefended teacher's.")
+    if any(TRANSFER in r.flags for r in table.rows):
+        notes.append(f"{TRANSFER} the budget set on calib did not hold on test (cost off by more than 2x or 0.1 "
+                     "dB): compare this row at matched test cost instead.")
     if any(r.student.n == 1 for r in table.rows):
-        notes.append(f"{ONE_SEED} one seed: no confidence interval (run more seeds).")
+        notes.append(f"{ONE_SEED} one seed pair: no confidence interval (run more seeds).")
     unseen = [r for r in table.rows if not r.sees]
     if unseen:
         notes.append(f"{UNSEEN} acts only on a channel this attack cannot see ({table.attack_access or 'its access'}"
                      "): the student is the undefended one, so the row is not ranked.")
-    all_seeds = sorted({s for r in table.rows for s in r.seeds})
-    for r in table.rows:
-        missing = [s for s in all_seeds if s not in r.seeds]
-        if missing:
-            notes.append(f"{r.defense} ({r.budget_text}): seed(s) {_seed_list(missing)} missing; has "
-                         f"{_seed_list(r.seeds)}.")
+    listed = [r for r in table.rows if r.matched_cost is None]
+    all_pairs = sorted({p for r in listed for p in r.pairs})
+    seen: set[str] = set()
+    for r in listed:
+        missing = [p for p in all_pairs if p not in r.pairs]
+        key = f"{r.defense} ({r.budget_text})"
+        if missing and key not in seen:
+            seen.add(key)
+            notes.append(f"{key}: seed pair(s) {', '.join(f'{t}/{s}' for t, s in missing)} (teacher/student) "
+                         f"missing; has {len(r.pairs)}.")
     if len(failed):
         by_label = failed.groupby("defense_label", sort=True).size()
-        listed = ", ".join(f"{lab} ({n})" for lab, n in by_label.items())
-        notes.append(f"Failed cells, not in the table: {listed}; see Failed cells.")
+        listed_failed = ", ".join(f"{lab} ({n})" for lab, n in by_label.items())
+        notes.append(f"Failed cells, not in the table: {listed_failed}; see Failed cells.")
     return notes
 
 
@@ -177,39 +394,82 @@ def _fixed(x: float, decimals: int) -> str:
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.000"
 
 
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def significance_cells(row: Row) -> tuple[str, str]:
+    """(vs floor, vs top) as table text: 'above p=…' / 'n.s. p=…' / '–'."""
+    if row.floor or row.rank is None:
+        return "–", "–"
+    if math.isnan(row.p_floor):
+        floor = "–"
+    else:
+        floor = f"{'above' if row.above_floor else 'n.s.'} p={_p(row.p_floor)}"
+    if row.top:
+        top = "top"
+    elif math.isnan(row.p_top):
+        top = "–"
+    else:
+        top = f"{'below' if row.separable_from_top else 'n.s.'} p={_p(row.p_top)}"
+    return floor, top
+
+
 def row_cells(row: Row, pm: str = " ± ", escape: Callable[[str], str] = str,
               decimals: dict[str, int] | None = None) -> list[str]:
-    """One table row as display strings (``escape`` is applied to names, never to numbers)."""
+    """One table row as display strings in ``HEADERS`` order (``escape`` is applied to names, never to
+    numbers)."""
     d = {**DECIMALS, **(decimals or {})}
     acts = row.channels if row.sees else f"{row.channels} {UNSEEN}"
-    seeds = f"{len(row.seeds)}" + (f" {ONE_SEED}" if len(row.seeds) == 1 else "")
+    n = len(row.pairs)
+    pairs = f"{n} ({len(row.seeds)}×{len(row.teacher_seeds)})" + (f" {ONE_SEED}" if n == 1 else "")
+    if row.floor:
+        rank = "floor"
+    else:
+        rank = "–" if row.rank is None else str(row.rank)
+    teacher = (f"{format_value(row.matched_cost)} (matched)" if row.matched_cost is not None
+               else format_estimate(row.teacher, d["teacher"], pm))
+    floor, top = significance_cells(row)
+    name = row.defense + (f" {row.flags}" if row.flags else "")
     return [
-        "–" if row.rank is None else str(row.rank), escape(row.defense), escape(acts), escape(row.budget_text),
-        format_estimate(row.teacher, d["teacher"], pm), format_estimate(row.student, d["student"], pm),
-        format_estimate(row.ssim, d["ssim"], pm), seeds,
+        rank, escape(name), escape(acts), teacher, format_estimate(row.worst, d["teacher"], pm),
+        format_estimate(row.fidelity, d["fidelity"], pm) if row.matched_cost is None else "–",
+        format_estimate(row.student, d["student"], pm) if row.student.n else "not reached",
+        floor, top, format_estimate(row.ssim, d["ssim"], pm), pairs,
     ]
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+    """Markdown-safe text: table pipes, emphasis, HTML and link/image syntax are shown literally."""
+    for ch in ("\\", "|", "*", "_", "`", "[", "]", "<", ">", "!"):
+        text = text.replace(ch, "\\" + ch)
+    return text
 
 
 def table_markdown(table: Table) -> str:
     from tabulate import tabulate
 
-    body = [row_cells(r, escape=_md_escape) for r in table.rows]
-    text = tabulate(body, headers=HEADERS, tablefmt="github", disable_numparse=True,
-                    colalign=("right", "left", "left", "left", "right", "right", "right", "right"))
+    parts = [f"## {_md_escape(table.title)}\n"]
+    for name, rows in table.groups():
+        body = [row_cells(r, escape=_md_escape) for r in rows]
+        text = tabulate(body, headers=HEADERS, tablefmt="github", disable_numparse=True,
+                        colalign=("right", "left", "left", "right", "right", "right", "right", "left", "left",
+                                  "right", "right"))
+        parts.append(f"### {_md_escape(name)}\n\n{text}\n")
     notes = "".join(f"\n- {_md_escape(n)}" for n in table.notes)
-    return f"## {_md_escape(table.title)}\n\n{text}\n{notes}\n"
+    return "\n".join(parts) + f"{notes}\n"
 
 
 def intro(n_done: int, n_failed: int, store: str) -> str:
     return (f"Store {store}: {n_done} finished cell(s), {n_failed} failed. Per task and attack, defenses ranked "
-            "by student PSNR drop (what the thief loses) within groups of equal teacher budget (what honest users "
-            "lose); mean ± 95 % confidence interval over seeds (Student t). Teacher drop: teacher − served PSNR "
-            "on the test split. Student drop: reference student − defended student PSNR, the two students paired "
-            "(same initialisation, queries, data order and budget).")
+            "by student PSNR drop (what the thief loses) at equal teacher cost (what honest users lose): first at "
+            "matched teacher costs measured on the test split (each defense's trade-off curve read at the cost), "
+            "then calibrated on the calib split (with the cost that had on test), then each configuration as run. "
+            "Mean ± 95 % confidence interval over (teacher seed, student seed) pairs (Student t). Teacher drop: "
+            "teacher − served PSNR on the test split. Student drop: reference student − defended student PSNR, "
+            "the two students paired (same initialisation, queries, data order and budget). The noise floor row is "
+            "a student trained on its own from invisibly perturbed answers: drops inside its spread are not "
+            "separable from the chaos of training.")
 
 
 def markdown(tables: list[Table], messages: list[str], failed: pd.DataFrame, store: str, n_done: int) -> str:

@@ -93,7 +93,9 @@ def test_leaderboard_ranks_defenses_by_student_drop_with_t_intervals(sweep, repo
     for task in TASKS:
         table = tables[task]
         assert table.attack == "vanilla_kd" and table.attack_access == "outputs" and table.profile == "smoke"
-        rows = {r.defense: r for r in table.rows}
+        as_run = [r for r in table.rows if r.matched_cost is None]  # the matched-cost groups come first
+        assert {r.group for r in as_run} == {"as run (each at its set strength)"}
+        rows = {r.defense: r for r in as_run}
         assert set(rows) == set(by[task])
         for name, ms in by[task].items():
             row = rows[name]
@@ -105,11 +107,10 @@ def test_leaderboard_ranks_defenses_by_student_drop_with_t_intervals(sweep, repo
                                 (row.ssim, "student_ssim_drop_pct")):
                 mean, half = _hand_stats([m[metric] for m in ms])
                 assert est.mean == pytest.approx(mean, abs=1e-12) and est.ci == pytest.approx(half, abs=1e-12)
-        ranked = [r for r in table.rows if r.rank is not None]
-        means = [r.student.mean for r in ranked]
-        assert means == sorted(means, reverse=True)
-        assert [r.rank for r in ranked][0] == 1 and len(ranked) == 1 + len(STRENGTHS)
-        assert all(r.budget_db is None for r in table.rows)  # nothing calibrated: one uncalibrated group
+        ranked = [r for r in as_run if r.rank is not None]
+        assert [(r.rank, -r.student.mean) for r in ranked] == sorted((r.rank, -r.student.mean) for r in ranked)
+        assert ranked[0].rank == 1 and ranked[0].top and len(ranked) == 1 + len(STRENGTHS)
+        assert all(r.budget_db is None for r in as_run)  # nothing calibrated: no calibrated group
 
 
 def test_feature_only_defense_is_listed_unranked_with_one_seed_and_no_ci(report):
@@ -121,9 +122,9 @@ def test_feature_only_defense_is_listed_unranked_with_one_seed_and_no_ci(report)
     md = (report.out / "leaderboard.md").read_text()
     line = next(li for li in md.splitlines() if "mode=exposed" in li and li.startswith("|"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[0] == "–" and cells[2] == "features ‡" and cells[-1] == "1 †"
-    assert "± " not in cells[5]  # no interval printed for one seed
-    assert "one seed: no confidence interval" in md
+    assert cells[0] == "–" and cells[2] == "features ‡" and cells[-1] == "1 (1×1) †"
+    assert "± " not in cells[6]  # no interval printed for one seed
+    assert "one seed pair: no confidence interval" in md
     assert any("one seed only" in m and "mode=exposed" in m for m in report.messages)
     assert ("sr · vanilla_kd · profile smoke: no finished cells for asvp (mode=exposed, h=1.5) (uncalibrated) "
             "(other tasks or attacks have them).") in report.messages
@@ -136,8 +137,9 @@ def test_markdown_table_rows_match_the_numbers(report):
         for row in table.rows:
             if row.student.ci is None:
                 continue
-            pattern = (rf"\|\s*{row.rank}\s*\|\s*{re.escape(row.defense)}\s*\|.*\|\s*"
-                       rf"{row.student.mean:.3f} ± {row.student.ci:.3f}\s*\|.*\|\s*{len(row.seeds)}\s*\|")
+            pairs = re.escape(f"{len(row.pairs)} ({len(row.seeds)}×{len(row.teacher_seeds)})")
+            pattern = (rf"\|\s*{row.rank}\s*\|\s*{re.escape(row.defense + (' ' + row.flags if row.flags else ''))}"
+                       rf"\s*\|.*\|\s*{row.student.mean:.3f} ± {row.student.ci:.3f}\s*\|.*\|\s*{pairs}\s*\|")
             assert re.search(pattern, md.replace("\\_", "_")), (row.defense, pattern)
     assert "## Failed cells" in md and "RuntimeError: exploded on purpose" in md
 
@@ -229,7 +231,7 @@ def test_html_page_renders_tables_and_images_in_headless_chromium(report, tmp_pa
     assert len(re.findall(r"<tr[ >]", dom)) >= n_rows + len(report.tables)
     for t in report.tables:
         for r in t.rows:
-            assert f"<td>{r.defense}</td>" in dom
+            assert f"<td>{r.defense}" in dom
     imgs = re.findall(r'<img src="data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]{1000,}"', dom)
     assert len(imgs) == len(report.figures) == 3 * len(TASKS)
 
@@ -259,14 +261,17 @@ def test_calibrated_cells_are_ranked_within_their_budget(tmp_path):
         store.put_cell(_cell(f"n{seed}", "none", {}, seed, student=0.0, teacher=0.0, channels="none"))
     rep = build_report(tmp_path / "s", tmp_path / "out", ("md", "latex", "html"), progress=False)
     (table,) = rep.tables
+    # three seed pairs cannot separate asvp's drops (1, 2, 3 dB) from blurry's (0.5, 0.5, 0.8): one rank
     assert [(r.rank, r.defense, r.budget_db) for r in table.rows] == [
-        (1, "asvp (h=1.3–1.4)", 0.1), (2, "blurry", 0.1), (1, "none", None)]
+        (1, "asvp (h=1.3–1.4)", 0.1), (1, "blurry", 0.1), (1, "none", None)]
+    assert [r.group for r in table.rows] == ["calibrated to 0.1 dB on calib"] * 2 + [
+        "as run (each at its set strength)"]
     asvp, blurry, _ = table.rows
     assert asvp.student.mean == pytest.approx(2.0) and asvp.student.ci == pytest.approx(T_975_DF2 / math.sqrt(3))
     assert blurry.student.mean == pytest.approx(0.6)
     assert blurry.student.ci == pytest.approx(T_975_DF2 * math.sqrt(0.03) / math.sqrt(3))
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "| 0.1 dB " in md and "2.000 ± 2.484" in md and "0.600 ± 0.430" in md
+    assert "### calibrated to 0.1 dB on calib" in md and "2.000 ± 2.484" in md and "0.600 ± 0.430" in md
     tex = (tmp_path / "out" / "leaderboard.tex").read_text()
     assert tex.count(r"\midrule") == 2  # header rule + one between the 0.1 dB group and the uncalibrated one
     assert any("lack sample images" in m for m in rep.messages)  # hand-written cells saved no PNGs
@@ -339,7 +344,8 @@ def test_visual_grid_shows_each_tables_own_cells(sweep, report):
 
     for table in report.tables:
         chosen = chosen_cells(table, report.cells)
-        assert [label.split("\n")[0] for label, _ in chosen] == [r.defense for r in table.rows]
+        as_run = list(dict.fromkeys(r.defense for r in table.rows if r.matched_cost is None))
+        assert [label.split("\n")[0] for label, _ in chosen] == as_run
         for _, cell in chosen:
             assert (cell["task"], cell["attack"], cell["status"]) == (table.task, table.attack, "done")
             assert cell["seed"] == 0  # the seed every row has
