@@ -181,3 +181,30 @@ def test_cells_csv_has_per_image_teacher_costs(verdict_report):
                                                            2 * float(row["teacher_drop_db"])]
     assert math.isclose(float(row["worst_teacher_drop_db"]), 2 * float(row["teacher_drop_db"]))
     assert {r["teacher_seed"] for r in rows} == {"0", "1"}
+
+
+# ------------------------------------------------------------------------------------------ the calib pool
+def test_calib_pool_can_hold_the_owners_photos_with_draws_of_their_own():
+    plain = resolve(CellSpec(task="derain", profile="smoke")).task.splits()
+    wide = resolve(CellSpec(task="derain", profile="smoke",
+                            profile_params={"calib_pool": "calib+owner", "calib_draws": 2})).task.splits()
+    wide.check_disjoint()  # owner and calib may share photographs; test and attacker never
+    assert set(wide.calib.sources) == set(plain.calib.sources) | set(plain.owner.sources)
+    assert len(wide.calib) == 2 * len(set(wide.calib.sources))
+    # the owner's photographs enter calib with degradations of their own, never the owner pool's images
+    owner = {t.numpy().tobytes() for t in plain.owner.degraded}
+    assert not any(t.numpy().tobytes() in owner for t in wide.calib.degraded)
+    # the other pools are untouched, so teachers, students and scores stay what they were
+    for name in ("owner", "attacker", "test"):
+        assert all(torch.equal(a, b) for a, b in zip(plain[name].degraded, wide[name].degraded))
+    with pytest.raises(BenchError, match="calib_pool"):
+        resolve(CellSpec(task="derain", profile="smoke", profile_params={"calib_pool": "test"}))
+
+
+def test_only_budgeted_cells_are_keyed_by_the_calib_pool():
+    def key(budget, **params):
+        return resolve(CellSpec(task="derain", defense="output_noise", profile="smoke", budget_db=budget,
+                                profile_params=params)).key
+
+    assert key(None) == key(None, calib_pool="calib+owner", calib_draws=4)
+    assert key(0.5) != key(0.5, calib_pool="calib+owner")
