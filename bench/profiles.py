@@ -34,7 +34,8 @@ class Profile:
     query_batch: int = param(16, "queries sent per request")
     calib_pool: str = param("calib", "photographs of the calib pool: calib (its own two) or calib+owner (also the "
                                       "owner's, with degradations of their own)", choices=("calib", "calib+owner"))
-    calib_draws: int = param(0, "degradation draws per calib photograph (0: variants)")
+    calib_draws: int = param(8, "degradation draws per calib photograph (0: variants); 8 made calibrated costs "
+                                "transfer to test better than 2 (docs/results/verdict-derain)")
     answer_bits: int = param(8, "bits per channel of a served answer: rounded to multiples of 1/(2^bits - 1) "
                                 "as an image is (8: 1/255); 0: float answers")
 
