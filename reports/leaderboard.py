@@ -40,7 +40,7 @@ import pandas as pd
 
 from reports.cells import format_value
 from reports.matched import at_cost
-from reports.significance import verdicts
+from reports.significance import ALPHA, verdicts
 from reports.stats import Estimate, mean_ci
 
 #: teacher costs on test (dB) at which trade-off curves are compared
@@ -345,7 +345,8 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
                  "(student x teacher seeds).")
     if has_floor:
         notes.append(f"{METHOD_TEXT} vs floor: the row's drops against the noise floor's (above: significantly "
-                     "larger; n.s.: not separable from training noise). vs top: against the group's highest row. "
+                     "larger; below: significantly smaller, the students gain; n.s.: not separable from training "
+                     "noise). vs top: against the group's highest row. "
                      "Rows that cannot be separated share a rank.")
     else:
         notes.append("No noise floor in this table: add noise_floor to the grid's defenses. Without it no drop can "
@@ -405,7 +406,9 @@ def significance_cells(row: Row) -> tuple[str, str]:
     if math.isnan(row.p_floor):
         floor = "–"
     else:
-        floor = f"{'above' if row.above_floor else 'n.s.'} p={_p(row.p_floor)}"
+        # significant either way: above the floor (the defense hurts students) or below it (it helps them)
+        word = "above" if row.above_floor else ("below" if row.p_floor < ALPHA else "n.s.")
+        floor = f"{word} p={_p(row.p_floor)}"
     if row.top:
         top = "top"
     elif math.isnan(row.p_top):
