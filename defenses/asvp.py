@@ -53,7 +53,8 @@ How it is computed (ASVP runs on every query, so the hot path does no SVD of a l
   U_k^T F, so the coherence mask and bound are applied to that factor and one fused product
   F + U_k (s * mask * (h - 1) U_k^T F) gives the answer (s: the bound's scale). At the defaults, on
   RestorationCNN(32, 4) and a 1x3x256x256 input on 2 CPU cores, the served forward costs about 1.15x
-  the teacher's (tests/test_bench_asvp.py; the spatial layout about 1.23x); a full SVD about 3.4x.
+  the teacher's (tests/test_bench_asvp.py; the spatial layout 2.4x at its accurate defaults, 1.5x at
+  ``power_iters=1``; a full SVD about 7x, one run on 2026-11-29).
 - ``spatial``: a randomized low-rank SVD (Halko, Martinsson, Tropp 2011) of each H x W matrix, taken
   with its shorter side as rows: a Gaussian test matrix with ``k + oversample`` columns (``k_max`` in
   energy mode), ``power_iters`` power iterations (Y <- A (A^T Y), re-orthonormalised by QR before every
