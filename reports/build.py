@@ -71,6 +71,7 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
     if len(failed):
         msgs.append(f"{len(failed)} cell(s) failed and are left out of the tables and plots; they are listed under "
                     "Failed cells with their errors. Fix the cause and re-run them (finished cells are kept).")
+    tables = [t for t in tables if not t.derived]
     for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
         mine = [t for t in tables if t.profile == profile]
         labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows
@@ -108,7 +109,7 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
         title = f"{task} (profile {profile})"
         jobs.append(("tradeoff", profile, task, g, title, None))
         jobs.append(("bars", profile, task, g, title, None))
-    for t in tables:
+    for t in (t for t in tables if not t.derived):
         jobs.append(("grid", t.profile, t.task, done, f"{t.task} · {t.attack} (profile {t.profile})", t))
     out, notes, used = [], [], set()
     for kind, profile, task, g, title, table in bar(jobs, desc="report: figures", show=progress, unit="fig"):

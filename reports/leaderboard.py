@@ -120,6 +120,10 @@ class Table:
     notes: list[str] = field(default_factory=list)
     #: (profile_id, task_id, attack_id): which cells the table covers (labels are for reading)
     ids: tuple[str, str, str] = ("", "", "")
+    #: mean PSNR of the reference (undefended) student over the table's cells
+    ref_psnr: float = math.nan
+    #: built from other tables (the strongest-attack view), not from cells of its own
+    derived: bool = False
 
     @property
     def title(self) -> str:
@@ -180,11 +184,67 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
         rows = _rank(rows)
         table = Table(profile=first["profile_label"], task=first["task_label"], attack=first["attack_label"],
                       attack_access=first["attack_access"] if isinstance(first["attack_access"], str) else None,
-                      rows=rows, ids=(profile_id, task_id, attack_id))
+                      rows=rows, ids=(profile_id, task_id, attack_id), ref_psnr=mean_ci(grp["student_ref_psnr"]).mean)
         table.notes = _notes(table, grp, fail_here, has_floor=bool(floor)) + notes
         tables.append(table)
     tables.sort(key=lambda t: (t.profile, t.task, t.attack))
-    return tables
+    return tables + strongest_attack_tables(tables)
+
+
+STRONGEST = "strongest attack run"
+
+
+def strongest_attack_tables(tables: list[Table]) -> list[Table]:
+    """Per (profile, task) with two or more attacks: every defense against the attack that did best against
+    it (the one whose defended student scores highest: the reference student's PSNR minus the drop), with
+    that attack named. A defense is judged by what it does to the strongest thief, not the weakest."""
+    import dataclasses
+
+    out = []
+    by_task: dict[tuple[str, str], list[Table]] = {}
+    for t in tables:
+        if not math.isnan(t.ref_psnr):
+            by_task.setdefault((t.profile, t.task), []).append(t)
+    for (profile, task), mine in by_task.items():
+        if len(mine) < 2:
+            continue
+        rows: list[Row] = []
+        fullest = sorted(mine, key=lambda t: -len(t.groups()))  # group order from the table that has most
+        groups = list(dict.fromkeys(name for t in fullest for name, _ in t.groups()))
+        for group in groups:
+            best: dict[str, tuple[float, Row, Table]] = {}
+            for t in mine:
+                for r in t.rows:
+                    if r.group != group or r.floor or not r.sees or not r.student.n or r.channels == "none":
+                        continue
+                    defended = t.ref_psnr - r.student.mean
+                    if r.config_id not in best or defended > best[r.config_id][0]:
+                        best[r.config_id] = (defended, r, t)
+            rows += [dataclasses.replace(r, defense=f"{r.defense} · vs {t.attack}") for _, r, t in best.values()]
+        _rank_strongest(rows)
+        table = Table(profile=profile, task=task, attack=STRONGEST, attack_access=None, rows=rows, derived=True)
+        run = ", ".join(t.attack for t in mine)
+        table.notes = [f"Each defense against the attack whose defended student scored highest ({run} were run): "
+                       "that attack is named after the defense. vs floor: against that attack's own "
+                       "noise floor (from its table). Ranks: paired tests between these rows over (teacher seed, "
+                       "student seed) pairs, Holm-corrected within each group."]
+        out.append(table)
+    return out
+
+
+def _rank_strongest(rows: list[Row]) -> None:
+    """Ranks within each group of the strongest-attack view; vs-floor marks stay those of the row's own table."""
+    groups = list(dict.fromkeys(r.group for r in rows))
+    ordered = []
+    for group in groups:
+        members = [r for r in rows if r.group == group]
+        result = verdicts([[(id(r), r.samples) for r in members]], floor=None)
+        top = max(members, key=lambda x: _key(x.student.mean))
+        for r in members:
+            v = result[(0, id(r))]
+            r.rank, r.p_top, r.separable_from_top, r.top = v.rank, v.p_top, v.separable_from_top, r is top
+        ordered += sorted(members, key=lambda r: (r.rank, -_key(r.student.mean), r.defense))
+    rows[:] = ordered
 
 
 def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Row]:

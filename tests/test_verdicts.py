@@ -208,3 +208,27 @@ def test_only_budgeted_cells_are_keyed_by_the_calib_pool():
 
     assert key(None) == key(None, calib_pool="calib+owner", calib_draws=4)
     assert key(0.5) != key(0.5, calib_pool="calib+owner")
+
+
+def test_each_defense_is_also_judged_against_the_strongest_attack(tmp_path):
+    """Two attacks: the defense whose drop is smaller against feature_kd shows feature_kd's row in the
+    strongest-attack view (its defended student scores highest there), with that attack named."""
+    store = Store(tmp_path / "s")
+    for attack, ref, drops in (("vanilla_kd", 28.0, {"mad": 1.0, "output_noise": 0.2}),
+                               ("feature_kd", 28.5, {"mad": 0.3, "output_noise": 0.9})):
+        for t, s in PAIRS:
+            for defense, drop in drops.items():
+                jitter = 0.01 * ((7 * s + 3 * t + len(defense) + len(attack)) % 5)
+                cell = _cell(f"{attack}-{defense}-{t}-{s}", defense, {}, s, t, teacher=0.5, student=drop + jitter)
+                cell["attack"] = attack
+                cell["config"]["attack"]["name"] = attack
+                cell["metrics"]["student_ref_psnr"] = ref
+                store.put_cell(cell)
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
+    (view,) = [t for t in rep.tables if t.derived]
+    rows = {r.defense: r for r in view.rows}
+    # mad: defended 27.0 (vanilla) vs 28.2 (feature): feature_kd is stronger; output_noise: 27.8 vs 27.6: vanilla
+    assert set(rows) == {"mad · vs feature_kd", "output_noise · vs vanilla_kd"}
+    jitter = [0.01 * ((7 * s + 3 * t + 3 + 10) % 5) for t, s in PAIRS]
+    assert rows["mad · vs feature_kd"].student.mean == pytest.approx(0.3 + sum(jitter) / len(jitter))
+    assert "strongest attack run" in (tmp_path / "out" / "leaderboard.md").read_text()
