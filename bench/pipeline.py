@@ -298,25 +298,24 @@ def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifact
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module | None, pool: Pool, task: Task) -> dict[str, Any]:
+def evaluate(model: nn.Module | None, pool: Pool, task: Task, *, against: nn.Module | None = None) -> dict[str, Any]:
     """Mean PSNR/SSIM over the pool's images (``model=None`` scores the degraded input itself), with
-    each image's PSNR (``psnr_per_image``, in pool order)."""
-    ps, ss = [], []
+    each image's PSNR (``psnr_per_image``, in pool order). With ``against`` (the undefended teacher), also
+    each answer's PSNR against that model's answer (``fidelity_per_image``: how faithfully honest users get
+    the teacher's output; 100 dB where they are identical, the metric's MSE floor), in the same pass."""
+    ps, ss, fs = [], [], []
     for x, y in zip(pool.degraded, pool.clean):
         x, y = x[None], y[None]
         pred = task.baseline(x) if model is None else model(x)
         pred = pred.clamp(0, 1)
         ps.append(psnr(pred, y, y_channel=task.y_channel, shave=task.shave))
         ss.append(ssim(pred, y, y_channel=task.y_channel, shave=task.shave))
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "psnr_per_image": [float(p) for p in ps]}
-
-
-@torch.no_grad()
-def fidelity(served: nn.Module, undefended: nn.Module, pool: Pool, task: Task) -> list[float]:
-    """Per image, the PSNR of the served answer against the undefended teacher's answer (how faithfully
-    honest users get the teacher's output; 100 dB where they are identical, the metric's MSE floor)."""
-    return [psnr(served(x[None]), undefended(x[None]), y_channel=task.y_channel, shave=task.shave)
-            for x in pool.degraded]
+        if against is not None:
+            fs.append(psnr(pred, against(x).clamp(0, 1), y_channel=task.y_channel, shave=task.shave))
+    scores = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "psnr_per_image": [float(p) for p in ps]}
+    if against is not None:
+        scores["fidelity_per_image"] = [float(f) for f in fs]
+    return scores
 
 
 def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts, model_key: str, who: str, *,
@@ -466,8 +465,11 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
                   "student_ref": scored(ref_student, test, task, artifacts, ref_key, "student", **shared)}
         # a defense that touches no answers serves the teacher's own forward pass (the same numbers)
         touches_answers = "answers" in defense.channels()
-        scores["served"] = evaluate(served, test, task) if touches_answers else scores["teacher"]
-        served_fidelity = fidelity(served, undefended, test, task) if touches_answers else [100.0] * len(test)
+        if touches_answers:
+            scores["served"] = evaluate(served, test, task, against=undefended)
+            served_fidelity = scores["served"]["fidelity_per_image"]
+        else:
+            scores["served"], served_fidelity = scores["teacher"], [100.0] * len(test)
         scores["student"] = scores["student_ref"] if shortcut else evaluate(student, test, task)
         models = {"teacher": undefended, "served": served, "student_ref": ref_student, "student": student}
         if gt is not None:
