@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from bench import BenchError
+from bench.data import CALIB_POOLS
 from bench.params import build, param
 
 
@@ -33,7 +34,7 @@ class Profile:
     query_budget: int = param(256, "queries the attacker may make (one image each)")
     query_batch: int = param(16, "queries sent per request")
     calib_pool: str = param("calib", "photographs of the calib pool: calib (its own two) or calib+owner (also the "
-                                      "owner's, with degradations of their own)", choices=("calib", "calib+owner"))
+                                      "owner's, with degradations of their own)", choices=CALIB_POOLS)
     calib_draws: int = param(8, "degradation draws per calib photograph (0: variants); 8 made calibrated costs "
                                 "transfer to test better than 2 (docs/results/verdict-derain)")
     answer_bits: int = param(8, "bits per channel of a served answer: rounded to multiples of 1/(2^bits - 1) "

@@ -132,12 +132,17 @@ class Table:
 
     def groups(self) -> list[tuple[str, list[Row]]]:
         """The rows in their ranked groups, in order."""
-        out: list[tuple[str, list[Row]]] = []
-        for r in self.rows:
-            if not out or out[-1][0] != r.group:
-                out.append((r.group, []))
-            out[-1][1].append(r)
-        return out
+        return _by_group(self.rows)
+
+
+def _by_group(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """Consecutive rows of one group, in order: [(group, rows)]."""
+    out: list[tuple[str, list[Row]]] = []
+    for r in rows:
+        if not out or out[-1][0] != r.group:
+            out.append((r.group, []))
+        out[-1][1].append(r)
+    return out
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -234,17 +239,7 @@ def strongest_attack_tables(tables: list[Table]) -> list[Table]:
 
 def _rank_strongest(rows: list[Row]) -> None:
     """Ranks within each group of the strongest-attack view; vs-floor marks stay those of the row's own table."""
-    groups = list(dict.fromkeys(r.group for r in rows))
-    ordered = []
-    for group in groups:
-        members = [r for r in rows if r.group == group]
-        result = verdicts([[(id(r), r.samples) for r in members]], floor=None)
-        top = max(members, key=lambda x: _key(x.student.mean))
-        for r in members:
-            v = result[(0, id(r))]
-            r.rank, r.p_top, r.separable_from_top, r.top = v.rank, v.p_top, v.separable_from_top, r is top
-        ordered += sorted(members, key=lambda r: (r.rank, -_key(r.student.mean), r.defense))
-    rows[:] = ordered
+    rows[:] = [r for _, members in _by_group(rows) for r in _apply_verdicts(members, None)]
 
 
 def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Row]:
@@ -361,28 +356,29 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
 def _rank(rows: list[Row]) -> list[Row]:
     """Significance and ranks within each group (one Holm family per group), rows ordered by rank."""
     ordered: list[Row] = []
-    grouped: list[tuple[str, list[Row]]] = []
-    for r in rows:
-        if not grouped or grouped[-1][0] != r.group:
-            grouped.append((r.group, []))
-        grouped[-1][1].append(r)
-    for _, members in grouped:
+    for _, members in _by_group(rows):
         ranked = [r for r in members if r.sees and not r.floor and r.student.n > 0]
         floor = next((r for r in members if r.floor), None)
-        entries: list[tuple[Hashable, dict[Pair, float]]] = [(id(r), r.samples) for r in ranked]
-        if floor is not None:
-            entries.append((id(floor), floor.samples))
-        result = verdicts([entries], floor=id(floor) if floor is not None else None)
-        top = max(ranked, key=lambda x: _key(x.student.mean)) if ranked else None
-        for r in ranked:
-            v = result[(0, id(r))]
-            r.rank, r.p_floor, r.above_floor = v.rank, v.p_floor, v.above_floor
-            r.p_top, r.separable_from_top = v.p_top, v.separable_from_top
-            r.top = r is top
-        ranked.sort(key=lambda r: (r.rank, -_key(r.student.mean), r.defense))
         rest = [r for r in members if r not in ranked and not r.floor]
-        ordered += ([floor] if floor is not None else []) + ranked + sorted(rest, key=lambda r: r.defense)
+        ordered += ([floor] if floor is not None else []) + _apply_verdicts(ranked, floor) + sorted(
+            rest, key=lambda r: r.defense)
     return ordered
+
+
+def _apply_verdicts(ranked: list[Row], floor: Row | None) -> list[Row]:
+    """Set ranks and the vs-top marks (and, with a floor, the vs-floor marks) of one group's ranked rows
+    from :func:`verdicts`; returns them in rank order."""
+    entries: list[tuple[Hashable, dict[Pair, float]]] = [(id(r), r.samples) for r in ranked]
+    if floor is not None:
+        entries.append((id(floor), floor.samples))
+    result = verdicts([entries], floor=id(floor) if floor is not None else None)
+    top = max(ranked, key=lambda x: _key(x.student.mean)) if ranked else None
+    for r in ranked:
+        v = result[(0, id(r))]
+        if floor is not None:
+            r.p_floor, r.above_floor = v.p_floor, v.above_floor
+        r.rank, r.p_top, r.separable_from_top, r.top = v.rank, v.p_top, v.separable_from_top, r is top
+    return sorted(ranked, key=lambda r: (r.rank, -_key(r.student.mean), r.defense))
 
 
 def _key(x: float) -> float:
