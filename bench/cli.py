@@ -150,6 +150,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     store = Store(_home(args))
     artifacts = Artifacts(store.home)
     teacher, teacher_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts,
+                                          numerics_=cell.numerics,
                                           progress=True, user_model=cell.teacher_model)
     cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=True, force=args.force,
                     tol=args.tol)

@@ -252,11 +252,17 @@ def bundled_splits(task_key: str, degrade: Degrade, *, image_size: int, variants
         deg, clean, srcs = [], [], []
         for src, stream in sources:
             img = load_source(src, image_size, scale)
+            drawn: list[torch.Tensor] = []
             for v in range(max(1, n_var)):
                 parts = (task_key, src, v) if not stream else (task_key, src, stream, v)
                 rng = np.random.default_rng(stable_seed(*parts))
-                d = degrade(img, rng)
-                deg.append(to_tensor(np.clip(d, 0.0, 1.0)))
+                d = to_tensor(np.clip(degrade(img, rng), 0.0, 1.0))
+                # a deterministic degradation (SR's bicubic) draws the same pair every time: keep it once,
+                # so that a pool's size is its number of distinct pairs and no pair weighs double in a score
+                if any(torch.equal(d, e) for e in drawn):
+                    continue
+                drawn.append(d)
+                deg.append(d)
                 clean.append(to_tensor(img))
                 srcs.append(src)
         pools[split] = Pool(split, deg, clean, srcs, scale, tuple(transforms))

@@ -21,6 +21,7 @@ A grid file (YAML; every key optional, flags given on the command line replace t
       - {name: mad, strengths: [0.01, 0.02, 0.04]}   # a strength sweep in one line (or strengths: auto,
                                                       # the plugin's own strength_spread)
       - noise_floor                 # invisible answer noise: the chaos of training, every table's yardstick
+      - {name: output_noise, strengths: auto, attacks: [vanilla_kd]}  # only against these attacks
     attacks: [vanilla_kd]
     seeds: [0, 1, 2]                # or "0-4", or all
     budgets: [null]                 # null: the strength as given; numbers: calibrated teacher cost in dB
@@ -49,16 +50,18 @@ from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 ALL_SEEDS = (0, 1, 2)
 ALL_BUDGETS = (0.1, 0.5, 1.0)
 FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed", "teacher_seeds")
-ENTRY_KEYS = ("name", "params", "sweep", "budgets", "strengths")
+ENTRY_KEYS = ("name", "params", "sweep", "budgets", "strengths", "attacks")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One plugin on an axis: its name, parameter overrides and (defenses only) its own budgets."""
+    """One plugin on an axis: its name, parameter overrides and (defenses only) its own budgets and the
+    attacks it runs against (None: every attack on the axis)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     budgets: tuple[float | None, ...] | None = None
+    attacks: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Grid:
         seen: set[str] = set()
         for task, defense, attack, teacher_seed, seed in itertools.product(
                 self.tasks, self.defenses, self.attacks, self.teacher_seeds, self.seeds):
+            if defense.attacks is not None and attack.name not in defense.attacks:
+                continue
             for budget in self._budgets_for(defense):
                 spec = CellSpec(task=task.name, defense=defense.name, attack=attack.name, seed=seed,
                                 profile=self.profile, task_params=dict(task.params),
@@ -197,6 +202,15 @@ def _entry(item: Any, registry: Registry, where: str) -> list[Entry]:
         if registry is not DEFENSES:
             raise BenchError(f"{where}: 'budgets' applies to defense entries only (entry {name!r}).")
         budgets = tuple(parse_budgets(item["budgets"], f"{where}: budgets of {name!r}"))
+    attacks = None
+    if "attacks" in item:
+        if registry is not DEFENSES:
+            raise BenchError(f"{where}: 'attacks' applies to defense entries only (entry {name!r}).")
+        attacks = tuple(str(a) for a in _items(item["attacks"]))
+        if not attacks:
+            raise BenchError(f"{where}: 'attacks' of {name!r} names no attack; drop it to run every attack.")
+        for a in attacks:
+            ATTACKS.info(a)  # unknown names fail here, with the closest match
     if "strengths" in item:
         sweep = {**sweep, **_strengths(item["strengths"], registry, name, where)}
     for key, values in sweep.items():
@@ -205,7 +219,7 @@ def _entry(item: Any, registry: Registry, where: str) -> list[Entry]:
     keys = list(sweep)
     out = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
-        out.append(Entry(name, {**params, **dict(zip(keys, combo))}, budgets))
+        out.append(Entry(name, {**params, **dict(zip(keys, combo))}, budgets, attacks))
     return out
 
 
@@ -261,7 +275,8 @@ def apply_sets(entries: list[Entry], registry: Registry, sets: dict[str, Any], g
             hint = f" Did you mean '{near[0]}'?" if near else ""
             raise BenchError(f"--set {group}.{key}: no {registry.kind} in the sweep has parameter '{key}'.{hint} "
                              f"Their parameters: {', '.join(known) or '(none)'}.")
-    return [Entry(e.name, {**e.params, **{k: v for k, v in sets.items() if k in declared[e.name]}}, e.budgets)
+    return [Entry(e.name, {**e.params, **{k: v for k, v in sets.items() if k in declared[e.name]}}, e.budgets,
+                  e.attacks)
             for e in entries]
 
 
@@ -334,6 +349,12 @@ def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses
         if isinstance(t_seed, bool) or not isinstance(t_seed, int) or t_seed < 0:
             raise BenchError(f"teacher_seed must be an integer >= 0, got {t_seed!r}.")
         t_seeds = [t_seed]
+    on_axis = {e.name for e in attack_entries}
+    for e in defense_entries:
+        missing = [a for a in e.attacks or () if a not in on_axis]
+        if missing:
+            raise BenchError(f"defense entry {e.name!r} runs against {', '.join(missing)}, which the attacks axis "
+                             f"does not hold ({', '.join(sorted(on_axis))}); add it there or drop it from the entry.")
     return Grid(
         tasks=apply_sets(task_entries, TASKS, task_sets, "task"),
         defenses=apply_sets(defense_entries, DEFENSES, sets.get("defense", {}), "defense"),

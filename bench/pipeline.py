@@ -31,6 +31,7 @@ from bench.cache import Artifacts, atomic_write_bytes, config_key
 from bench.calibrate import calibrated_cell, check_budget, pool_digest
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
+from bench.numerics import numerics
 from bench.params import build
 from bench.profiles import ANSWER_FIELDS, CALIB_FIELDS, STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
 from bench.query import GroundTruthUnsupported, OfflineAPI, QueryAPI
@@ -66,6 +67,9 @@ class CellSpec:
     #: weights file for ``teacher`` (used as is); None: the suite trains the user's teacher
     weights: str | None = None
     student: str | None = None
+    #: torch threads the cell runs with (0: the running process's count); part of every key, since the
+    #: thread count changes trained models (bench.numerics). A sweep fills it in before planning.
+    threads: int = 0
 
 
 @dataclass
@@ -93,11 +97,16 @@ class Cell:
             "profile": {k: v for k, v in dataclasses.asdict(self.profile).items()
                         if k != "name" and (budgeted or k not in CALIB_FIELDS)},
         }
+        config["numerics"] = self.numerics
         if self.teacher_model is not None:  # only when set, so reference-model keys stay as they were
             config["teacher_model"] = self.teacher_model.identity()
         if self.student_model is not None:
             config["student_model"] = self.student_model.identity()
         return config
+
+    @property
+    def numerics(self) -> dict[str, Any]:
+        return numerics(self.spec.threads)
 
     def teacher_arch(self) -> nn.Module:
         """A fresh teacher architecture (the user's, without weights, or the task's reference one)."""
@@ -165,22 +174,26 @@ def _seeded_build(build_fn, seed: int) -> nn.Module:
 
 # --------------------------------------------------------------------------------------- stages
 def teacher_config(task: Task, profile: Profile, teacher_seed: int,
-                   user_model: UserModel | None = None) -> dict[str, Any]:
+                   user_model: UserModel | None = None, numerics_: dict[str, Any] | None = None) -> dict[str, Any]:
+    # the numerics are keyed even for a weights file used as is: every model and score downstream of the
+    # teacher inherits its key, and their numbers depend on the numerics they were computed with
+    num = numerics_ or numerics()
     if user_model is not None and user_model.weights:  # used as is: neither profile nor seed made it
-        return {"kind": "teacher", "task": task.identity(), "model": user_model.identity()}
+        return {"kind": "teacher", "task": task.identity(), "model": user_model.identity(), "numerics": num}
     config = {"kind": "teacher", "recipe": TEACHER_RECIPE, "task": task.identity(),
-              "profile": subset(profile, TEACHER_FIELDS), "seed": teacher_seed}
+              "profile": subset(profile, TEACHER_FIELDS), "seed": teacher_seed, "numerics": num}
     if user_model is not None:
         config["model"] = user_model.identity()
     return config
 
 
 def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Artifacts, *,
-                progress: bool = True, force: bool = False,
-                user_model: UserModel | None = None) -> tuple[nn.Module, str, bool]:
-    """The owner's teacher for (task, profile, seed): trained on ``owner`` once, then cached. With a
-    ``user_model``: its weights file as is, or (without one) its architecture trained the same way."""
-    config = teacher_config(task, profile, teacher_seed, user_model)
+                progress: bool = True, force: bool = False, user_model: UserModel | None = None,
+                numerics_: dict[str, Any] | None = None) -> tuple[nn.Module, str, bool]:
+    """The owner's teacher for (task, profile, seed, numerics): trained on ``owner`` once, then cached.
+    With a ``user_model``: its weights file as is, or (without one) its architecture trained the same
+    way. ``numerics_`` defaults to this process's (:func:`bench.numerics.numerics`)."""
+    config = teacher_config(task, profile, teacher_seed, user_model, numerics_)
     if user_model is not None and user_model.weights:
         return user_model.build(), config_key(config), False
 
@@ -206,7 +219,8 @@ def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...
     # by the attack's own config alone; --force does not recompute them (it would retrain them for each
     # student of the cell).
     def cached_model(config, build_fn, train_fn):
-        return artifacts.cached_model({"scope": "attack", **config}, build_fn, train_fn)[0]
+        return artifacts.cached_model({"scope": "attack", **config, "numerics": cell.numerics}, build_fn,
+                                      train_fn)[0]
 
     return AttackContext(profile=cell.profile, seed=stable_seed("attack-data", cell.spec.seed), task=cell.task,
                          budget=cell.attack.budget(cell.profile), exposed_layers=exposed, progress=progress,
@@ -232,7 +246,7 @@ def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts
 def gt_config(cell: Cell) -> dict[str, Any]:
     config = {"kind": "gt_student", "recipe": STUDENT_RECIPE, "task": cell.task.identity(),
               "attack": cell.attack.identity(), "seed": cell.spec.seed,
-              "profile": subset(cell.profile, STUDENT_FIELDS)}
+              "profile": subset(cell.profile, STUDENT_FIELDS), "numerics": cell.numerics}
     if cell.student_model is not None:
         config["student_model"] = cell.student_model.identity()
     return config
@@ -414,7 +428,7 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
     t = time.perf_counter()
     teacher, teacher_key, trained = get_teacher(task, profile, cell.spec.teacher_seed, artifacts,
                                                 progress=progress, force=force,
-                                                user_model=cell.teacher_model)
+                                                user_model=cell.teacher_model, numerics_=cell.numerics)
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import itertools
 import os
 import shutil
@@ -174,7 +175,8 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     for key, cell in cells.items():
         if key in cached:
             continue
-        t_key = config_key(teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model))
+        t_key = config_key(teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model,
+                                          cell.numerics))
         needs: list[str] = []
         if not have(t_key):
             add("teachers", t_key, key)
@@ -283,6 +285,8 @@ def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None
     threads) would not be reproducible."""
     with _JOB_LOCK:
         _setup_worker(threads, slot_dir)
+        if spec.threads:  # the numerics the job is keyed with (bench.numerics), whatever the worker's default
+            torch.set_num_threads(spec.threads)
         try:
             return _work(stage, spec, home, force)
         finally:
@@ -303,6 +307,7 @@ def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
                 pass
             return {"ok": True, "error": None, "cached": False}
         teacher, t_key, _ = get_teacher(cell.task, cell.profile, spec.teacher_seed, artifacts, progress=False,
+                                        numerics_=cell.numerics,
                                         force=force and stage == "teachers", user_model=cell.teacher_model)
         if stage == "defense fits":
             cell, _ = calibrated_cell(cell, teacher, t_key, artifacts, Store(home), progress=False, force=force)
@@ -316,6 +321,18 @@ def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ backends
+def threads_per_job(backend: str, n_jobs: int) -> int:
+    """Torch threads each job runs with: one where several jobs share the machine (processes in
+    parallel pay, threads in one process do not: DESIGN section 7) and on dask workers (whose thread
+    count the planner cannot see), else this process's count."""
+    from joblib import cpu_count
+
+    if backend == "dask":
+        return 1
+    n = cpu_count() if n_jobs == -1 else n_jobs
+    return 1 if n > 1 else torch.get_num_threads()
+
+
 @contextmanager
 def backend_config(backend: str, n_jobs: int, address: str | None) -> Iterator[tuple[int, int | None]]:
     """joblib's ``parallel_config`` for the backend; yields (n_jobs for Parallel, torch threads per job)."""
@@ -394,6 +411,9 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
     written so far are safely in the store."""
     start = time.time()
     store = Store(home)
+    # every key holds the thread count its job runs with, so it is fixed here, before planning
+    per_job = threads_per_job(backend, n_jobs)
+    specs = [s if s.threads else dataclasses.replace(s, threads=per_job) for s in specs]
     the_plan = plan(specs, store, force=force)
     cells = the_plan.cells
     labels = {k: label(c) for k, c in cells.items()}

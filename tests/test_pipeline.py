@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+from bench.cache import config_key
 from bench.pipeline import CellSpec, resolve, run_cell
 from bench.store import Store
 
@@ -58,6 +60,29 @@ def test_cell_key_depends_on_what_changes_results():
     assert resolve(_spec(defense_params={"h": "2"}, defense="asvp")).key != resolve(_spec(defense="asvp")).key
     assert resolve(_spec(profile_params={"student_steps": "7"})).key != base
     assert resolve(_spec()).key == base
+
+
+def test_numerics_are_part_of_every_trained_model_key():
+    """A thread count changes a trained model's last bits: teachers, reference and ground-truth students
+    and cells trained with one thread never share a key with those trained with two."""
+    from bench.pipeline import gt_config, reference_config, teacher_config
+
+    one, two = resolve(_spec(threads=1)), resolve(_spec(threads=2))
+    assert one.config()["numerics"] == {"device": "cpu", "threads": 1, "precision": "fp32"}
+    t1 = config_key(teacher_config(one.task, one.profile, 0, None, one.numerics))
+    t2 = config_key(teacher_config(two.task, two.profile, 0, None, two.numerics))
+    assert one.key != two.key and t1 != t2
+    assert config_key(reference_config(one, t1)) != config_key(reference_config(two, t2))
+    assert config_key(gt_config(one)) != config_key(gt_config(two))
+    # unset, a spec takes the running process's thread count
+    assert resolve(_spec()).numerics["threads"] == torch.get_num_threads()
+
+
+def test_a_sweep_keys_its_cells_with_the_threads_its_jobs_run_with():
+    from bench.scheduler import threads_per_job
+
+    assert threads_per_job("loky", 2) == 1 and threads_per_job("dask", 1) == 1
+    assert threads_per_job("loky", 1) == torch.get_num_threads()
 
 
 def test_shared_models_are_scored_once_and_equal_a_fresh_evaluation(tmp_path):

@@ -99,6 +99,18 @@ seeds: [0, 1]
     assert g2.profile_params == {"student_steps": 7, "batch": "4"}
 
 
+def test_a_defense_entry_can_run_against_some_attacks_only(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text("""
+tasks: [derain]
+defenses: [none, {name: output_noise, attacks: [vanilla_kd]}, {name: asvp, strengths: [1.1, 1.5]}]
+attacks: [vanilla_kd, feature_kd]
+""")
+    pairs = [(s.defense, s.attack) for s in make_grid(load_file(f)).specs()]
+    assert pairs == [("none", "vanilla_kd"), ("none", "feature_kd"), ("output_noise", "vanilla_kd"),
+                     ("asvp", "vanilla_kd"), ("asvp", "feature_kd"), ("asvp", "vanilla_kd"), ("asvp", "feature_kd")]
+
+
 @pytest.mark.parametrize("kwargs, text, words", [
     ({"tasks": "derian"}, None, ["unknown task 'derian'", "derain"]),
     ({"tasks": "derain", "seeds": "x"}, None, ["--seeds", "'x'"]),
@@ -108,6 +120,8 @@ seeds: [0, 1]
     ({}, "tasks: [derain]\ndefenses: [{name: asvp, parms: {h: 2}}]\n", ["unknown key(s) parms"]),
     ({}, "tasks: [derain\n", ["not valid YAML", "line"]),
     ({}, "tasks: [derain]\nattacks: [{name: vanilla_kd, budgets: [1]}]\n", ["defense entries only"]),
+    ({}, "tasks: [derain]\ndefenses: [{name: asvp, attacks: [feature_kd]}]\n", ["feature_kd", "attacks axis"]),
+    ({}, "tasks: [derain]\ndefenses: [{name: asvp, attacks: [featur_kd]}]\n", ["unknown attack", "feature_kd"]),
 ])
 def test_bad_grids_are_one_line_errors(tmp_path, kwargs, text, words):
     file = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -332,3 +333,19 @@ def test_crops_only_use_the_flips_the_task_allows():
     cls = TASKS.get("derain")
     task = cls(bench.params.build(cls.Params, {}, owner="task"), get_profile("smoke"))
     assert task.splits().owner.transforms == HORIZONTAL_FLIPS
+
+
+@pytest.mark.parametrize("name", ["sr", "derain"])
+def test_no_pool_holds_a_pair_twice(name):
+    # SR's bicubic degradation is deterministic: two draws of one photograph are one pair, kept once
+    splits = make_task(name, profile=dataclasses.replace(SMOKE, variants=2)).splits()
+    for split in SPLITS:
+        pool = splits[split]
+        pairs = list(zip(pool.degraded, pool.clean))
+        for i, (d, c) in enumerate(pairs):
+            for d2, c2 in pairs[:i]:
+                assert not (d.shape == d2.shape and torch.equal(d, d2) and torch.equal(c, c2)), split
+    if name == "sr":  # one pair per photograph, however many variants the profile asks for
+        assert len(splits.test) == len(set(splits.test.sources))
+    else:
+        assert len(splits.test) > len(set(splits.test.sources))
