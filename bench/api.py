@@ -47,6 +47,9 @@ class Task(Plugin):
     def __init__(self, params: Any, profile: Profile) -> None:
         self.params = params
         self.profile = profile
+        #: where the pools live: the device of the job that made the task (bench.numerics.on_device; a
+        #: plugin's own task inside a job, e.g. a pretraining task), or the cell's (bench.pipeline.resolve)
+        self.device = torch.get_default_device()
         self._splits: Splits | None = None
 
     def identity(self) -> dict[str, Any]:
@@ -66,11 +69,13 @@ class Task(Plugin):
         """The owner / attacker / calib / test pools (built once per task instance)."""
         if self._splits is None:
             key = f"{self.name}:{self.version}:{sorted(as_dict(self.params).items())}"
-            self._splits = bundled_splits(
-                key, self.degrade, image_size=self.profile.image_size,
-                variants=self.profile.variants, scale=self.scale, transforms=self.augment_transforms,
-                calib_pool=self.profile.calib_pool, calib_draws=self.profile.calib_draws,
-            )
+            with torch.device("cpu"):  # degradations run on numpy and CPU tensors; the pools move once
+                splits = bundled_splits(
+                    key, self.degrade, image_size=self.profile.image_size,
+                    variants=self.profile.variants, scale=self.scale, transforms=self.augment_transforms,
+                    calib_pool=self.profile.calib_pool, calib_draws=self.profile.calib_draws,
+                )
+            self._splits = splits.to(self.device)
         return self._splits
 
     def baseline(self, degraded: torch.Tensor) -> torch.Tensor:

@@ -257,7 +257,7 @@ def pool_digest(pool: Pool) -> str:
     h = hashlib.blake2b(digest_size=12)
     for t in list(pool.degraded) + list(pool.clean):
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

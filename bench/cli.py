@@ -34,6 +34,9 @@ def _common_cell_args(p: argparse.ArgumentParser) -> None:
                    help="state dict for --teacher, used as is (without it the suite trains your teacher)")
     p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
                    help="the attacker's student architecture (default: the reference student)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
+                        "result's key (a GPU's numbers are not a CPU's)")
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     p.add_argument("--budget", type=float, metavar="DB",
@@ -55,6 +58,7 @@ def teacher_seeds(args: argparse.Namespace) -> list[int]:
 
 def spec_from_args(args: argparse.Namespace, teacher_seed: int | None = None) -> Any:
     """The cell the flags describe (with the first of ``--teacher-seeds`` unless ``teacher_seed`` is given)."""
+    from bench.numerics import resolve_device
     from bench.params import parse_sets
     from bench.pipeline import CellSpec
 
@@ -69,7 +73,8 @@ def spec_from_args(args: argparse.Namespace, teacher_seed: int | None = None) ->
                     defense_params=groups.get("defense", {}), attack_params=groups.get("attack", {}),
                     profile_params=groups.get("profile", {}), teacher_seed=teacher_seed,
                     teacher=getattr(args, "teacher", None), weights=getattr(args, "weights", None),
-                    student=getattr(args, "student", None), budget_db=args.budget)
+                    student=getattr(args, "student", None), budget_db=args.budget,
+                    device=resolve_device(args.device))
 
 
 def format_cell(row: dict[str, Any]) -> str:
@@ -139,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from bench.cache import Artifacts
     from bench.calibrate import calibrate, default_tol
+    from bench.numerics import on_device
     from bench.pipeline import get_teacher, resolve
     from bench.store import Store
 
@@ -149,11 +155,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cell = resolve(spec_from_args(args))
     store = Store(_home(args))
     artifacts = Artifacts(store.home)
-    teacher, teacher_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts,
-                                          numerics_=cell.numerics,
-                                          progress=True, user_model=cell.teacher_model)
-    cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=True, force=args.force,
-                    tol=args.tol)
+    with on_device(cell.spec.device):
+        teacher, teacher_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts,
+                                              numerics_=cell.numerics, progress=True,
+                                              user_model=cell.teacher_model)
+        cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=True, force=args.force,
+                        tol=args.tol)
     print(f"{cell.task.name} · " + cal.describe(cell.defense.name))
     tol = default_tol(cal.budget_db) if args.tol is None else args.tol
     if abs(cal.achieved_db - cal.budget_db) > tol:
@@ -194,7 +201,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from bench.grid import load_file, make_grid
+    from bench.numerics import resolve_device
     from bench.params import parse_sets
     from bench.scheduler import format_summary, run_sweep
 
@@ -204,8 +214,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
                      attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
                      teacher_seeds=args.teacher_seeds, sets=sets)
-    result = run_sweep(grid.specs(), home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
-                       address=args.address, force=args.force, progress=True)
+    device = resolve_device(args.device)
+    specs = [dataclasses.replace(s, device=device) for s in grid.specs()]
+    result = run_sweep(specs, home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
+                       address=args.address, force=args.force, progress=True, jobs_per_gpu=args.jobs_per_gpu)
     print(format_summary(result))
     return 0 if result.ok else 1
 
@@ -249,7 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a parameter of every plugin on that axis that has it, e.g. --set defense.h=2 "
                         "(repeatable)")
     p.add_argument("--data", help="folder of paired images for the folder task (= --set task.data=DIR)")
-    p.add_argument("--n-jobs", type=int, default=1, help="parallel workers (default 1; -1: every core)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
+                        "result's key (a GPU's numbers are not a CPU's)")
+    p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
+    p.add_argument("--jobs-per-gpu", type=int, metavar="K",
+                   help="on a CUDA device: K workers share each GPU (default 4), each pinned to its GPU")
     p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="loky (default) or dask")
     p.add_argument("--address", help="dask scheduler (tcp://HOST:PORT); default: a local cluster of --n-jobs")
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs); shared by all workers")

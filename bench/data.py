@@ -11,6 +11,7 @@ splits is fixed here, so that every task, profile and seed is scored on the same
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,14 @@ class Pool:
     def __len__(self) -> int:
         return len(self.clean)
 
+    def to(self, device: torch.device | str) -> Pool:
+        """The same pairs on ``device`` (this pool itself where they are there already)."""
+        dev = torch.device(device)
+        if all(t.device == dev for t in self.degraded + self.clean):
+            return self
+        return dataclasses.replace(self, degraded=[t.to(dev) for t in self.degraded],
+                                   clean=[t.to(dev) for t in self.clean])
+
     def sample_crops(
         self, n: int, crop: int, generator: torch.Generator, *, augment: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +103,9 @@ def sample_pair_crops(
     xs, ys = [], []
     es: list[list[torch.Tensor]] = [[] for _ in extras]
     count = len(inputs)
-    idx = torch.randint(count, (n,), generator=generator).tolist()
+    # the draws come from the (CPU) generator, whatever the job's device: crops are the same everywhere
+    cpu = generator.device
+    idx = torch.randint(count, (n,), generator=generator, device=cpu).tolist()
     for i in idx:
         x, y = inputs[i], targets[i]
         h, w = x.shape[-2:]
@@ -104,13 +115,13 @@ def sample_pair_crops(
                 f"lower --set {setting}=... or use larger images."
             )
         ch, cw = in_crop, in_crop
-        top = int(torch.randint(h - ch + 1, (1,), generator=generator))
-        left = int(torch.randint(w - cw + 1, (1,), generator=generator))
+        top = int(torch.randint(h - ch + 1, (1,), generator=generator, device=cpu))
+        left = int(torch.randint(w - cw + 1, (1,), generator=generator, device=cpu))
         xc = x[..., top:top + ch, left:left + cw]
         yc = y[..., top * scale:(top + ch) * scale, left * scale:(left + cw) * scale]
         ecs = [_aligned_crop(e[i], x, top, left, ch, cw) for e in extras]
         if transforms:
-            k = transforms[int(torch.randint(len(transforms), (1,), generator=generator))]
+            k = transforms[int(torch.randint(len(transforms), (1,), generator=generator, device=cpu))]
             xc, yc = dihedral(xc, k), dihedral(yc, k)
             ecs = [dihedral(ec, k) for ec in ecs]
         xs.append(xc)
@@ -154,6 +165,10 @@ class Splits:
 
     def __getitem__(self, name: str) -> Pool:
         return getattr(self, name)
+
+    def to(self, device: torch.device | str) -> Splits:
+        """Every pool on ``device``: done once per job, never per training step."""
+        return Splits(**{name: self[name].to(device) for name in SPLITS})
 
     def check_disjoint(self) -> None:
         """No source image in two pools, except owner and calib: both are the owner's (calib may hold the

@@ -31,7 +31,7 @@ from bench.cache import Artifacts, atomic_write_bytes, config_key
 from bench.calibrate import calibrated_cell, check_budget, pool_digest
 from bench.data import Pool, stable_seed
 from bench.metrics import psnr, ssim
-from bench.numerics import numerics
+from bench.numerics import job_device, numerics, on_device, resolve_device
 from bench.params import build
 from bench.profiles import ANSWER_FIELDS, CALIB_FIELDS, STUDENT_FIELDS, TEACHER_FIELDS, Profile, get_profile, subset
 from bench.query import GroundTruthUnsupported, OfflineAPI, QueryAPI
@@ -70,6 +70,8 @@ class CellSpec:
     #: torch threads the cell runs with (0: the running process's count); part of every key, since the
     #: thread count changes trained models (bench.numerics). A sweep fills it in before planning.
     threads: int = 0
+    #: the device the cell runs on (cpu, cuda, cuda:N; auto is resolved by :func:`resolve`)
+    device: str = "cpu"
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Cell:
 
     @property
     def numerics(self) -> dict[str, Any]:
-        return numerics(self.spec.threads)
+        return numerics(self.spec.threads, self.spec.device)
 
     def teacher_arch(self) -> nn.Module:
         """A fresh teacher architecture (the user's, without weights, or the task's reference one)."""
@@ -130,8 +132,12 @@ def resolve(spec: CellSpec) -> Cell:
     """Instantiate and validate every part of a cell (fails fast, before any training)."""
     if spec.seed < 0 or spec.teacher_seed < 0:
         raise BenchError("seeds must be >= 0.")
+    device = resolve_device(spec.device)
+    if device != spec.device:
+        spec = dataclasses.replace(spec, device=device)
     profile = get_profile(spec.profile, spec.profile_params)
     task = make_plugin(TASKS, spec.task, spec.task_params, profile=profile)
+    task.device = torch.device(device)
     defense = make_plugin(DEFENSES, spec.defense, spec.defense_params, seed=spec.seed)
     check_budget(defense, spec.budget_db, spec.defense_params)
     attack = make_plugin(ATTACKS, spec.attack, spec.attack_params, seed=spec.seed)
@@ -167,9 +173,12 @@ def versions() -> dict[str, str]:
 
 
 def _seeded_build(build_fn, seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
+    """``build_fn()`` initialised from ``seed`` on the CPU (the same weights on every device), then moved
+    to the job's device."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
-        return build_fn()
+        model = build_fn()
+    return model.to(job_device())
 
 
 # --------------------------------------------------------------------------------------- stages
@@ -195,7 +204,9 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
     way. ``numerics_`` defaults to this process's (:func:`bench.numerics.numerics`)."""
     config = teacher_config(task, profile, teacher_seed, user_model, numerics_)
     if user_model is not None and user_model.weights:
-        return user_model.build(), config_key(config), False
+        with torch.device("cpu"):
+            model = user_model.build()
+        return model.to(job_device()), config_key(config), False
 
     def build_fn() -> nn.Module:
         arch = user_model.build if user_model is not None else task.teacher_arch
@@ -364,7 +375,7 @@ def save_samples(folder: Path, pool: Pool, task: Task, models: dict[str, nn.Modu
     images = {"input": task.baseline(x), "target": y}
     images.update({name: m(x) for name, m in models.items()})
     for name, img in images.items():
-        arr = (img[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        arr = (img[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         atomic_write_bytes(folder / f"{name}.png", iio.imwrite("<bytes>", arr, extension=".png"))
 
 
@@ -378,6 +389,16 @@ def answers_unchanged(defense: Defense, attack: Attack) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- a cell
+def failure_reason(exc: BaseException, *, full: bool = False) -> str:
+    """What went wrong, for a failed row or a sweep's report: the error's first line (``full``: all of
+    it); running out of GPU memory says what to do about it."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return (f"out of GPU memory on {job_device()} ({str(exc).splitlines()[0][:100]}); run fewer jobs per GPU "
+                "(--jobs-per-gpu) or a smaller profile")
+    text = f"{type(exc).__name__}: {exc}"
+    return text if full else text.splitlines()[0]
+
+
 def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bool = False,
              progress: bool = True, store: Store | None = None, rerun: bool = False) -> dict[str, Any]:
     """Run one cell and store its row (``done``, or ``failed`` with the error, which is re-raised).
@@ -401,11 +422,12 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
         "versions": versions(), "started": started, "budget": cell.spec.budget_db,
     }
     try:
-        metrics = _run(cell, artifacts, store, progress=progress, force=force)
+        with on_device(cell.spec.device):
+            metrics = _run(cell, artifacts, store, progress=progress, force=force)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time(),
+        row.update(status="failed", error=failure_reason(exc, full=True), finished=time.time(),
                    wall_s=time.time() - started,
                    metrics={"traceback": traceback.format_exc(limit=8)})
         store.put_cell(row)

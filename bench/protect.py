@@ -33,6 +33,7 @@ from torch import nn
 from bench import BenchError
 from bench.api import Defense, FitContext, Task
 from bench.data import Pool, Splits
+from bench.numerics import on_device
 from bench.params import build
 from bench.profiles import get_profile
 from bench.registry import DEFENSES
@@ -99,15 +100,18 @@ def fit(defense: Defense, model: nn.Module, owner: Any, *, profile: str = "quick
     """Train what ``defense`` needs on the owner's pairs ``(inputs, targets)`` (or a Pool), with the
     training sizes of ``profile``; models it trains are not cached. Returns the defense."""
     prof = get_profile(profile)
-    task = _OwnerData(_pool(owner), prof)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    task = _OwnerData(_pool(owner).to(device), prof)
 
     def cached_model(config: dict[str, Any], build_fn: Any, train_fn: Any) -> nn.Module:
         m = build_fn()
         train_fn(m)
         return m.eval()
 
-    defense.fit(model, task.splits(), FitContext(profile=prof, seed=seed, task=task, cached_model=cached_model,
-                                                 progress=progress))
+    # the defense trains where the model lives (its surrogates and changed copies too)
+    with on_device(device, reproducible=False):
+        defense.fit(model, task.splits(), FitContext(profile=prof, seed=seed, task=task,
+                                                     cached_model=cached_model, progress=progress))
     return defense
 
 

@@ -61,10 +61,12 @@ from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.api import Defense
 from bench.cache import Artifacts, config_key
 from bench.calibrate import calibrated_cell
+from bench.numerics import on_device, resolve_device
 from bench.pipeline import (
     Cell,
     CellSpec,
     answers_unchanged,
+    failure_reason,
     fit_defense,
     get_teacher,
     gt_config,
@@ -239,6 +241,13 @@ def claim_slot(folder: str) -> tuple[int, int | None]:
     raise AssertionError("unreachable")
 
 
+#: the GPUs a sweep's workers are pinned to (comma-separated physical ids), inherited by its workers
+GPUS_ENV = "BENCH_GPUS"
+#: workers per GPU in a GPU sweep (--jobs-per-gpu): the reference models are small, so one job leaves
+#: most of a GPU idle between its kernel launches
+DEFAULT_JOBS_PER_GPU = 4
+
+
 def gpu_for(index: int, count: int) -> int | None:
     """The GPU a worker with this index takes (None without GPUs)."""
     return index % count if count > 0 else None
@@ -253,10 +262,25 @@ def _dask_worker_threads() -> int | None:
         return None
 
 
-def _setup_worker(threads: int | None, slot_dir: str) -> None:
-    """Once per worker process: torch threads, and one GPU by worker index where CUDA exists.
+def gpu_set(device: str) -> list[str]:
+    """The physical GPU ids a sweep on ``device`` spreads its workers over ([] on the CPU): every visible
+    GPU for ``cuda``, one for ``cuda:N`` (ids as the machine numbers them, through CUDA_VISIBLE_DEVICES)."""
+    if not str(device).startswith("cuda"):
+        return []
+    visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    ids = visible or [str(i) for i in range(torch.cuda.device_count())]
+    if ":" in str(device):
+        return [ids[int(str(device)[5:])]]
+    return ids
 
-    ``threads`` -1 (dask) means the worker's own thread count: jobs run one at a time per process."""
+
+def _setup_worker(threads: int | None, slot_dir: str) -> None:
+    """Once per worker process: torch threads, and its GPU by worker index in a GPU sweep.
+
+    ``threads`` -1 (dask) means the worker's own thread count: jobs run one at a time per process.
+    The GPU is pinned through CUDA_VISIBLE_DEVICES before CUDA starts in this process (``BENCH_GPUS``,
+    set by the sweep, lists the GPUs; several workers may share one), so the job's ``cuda`` is its GPU.
+    A dask worker started by hand on a GPU machine is pinned by starting it with CUDA_VISIBLE_DEVICES."""
     if _WORKER.get("ready"):
         return
     keep_freed_memory()
@@ -266,11 +290,11 @@ def _setup_worker(threads: int | None, slot_dir: str) -> None:
         torch.set_num_threads(threads)
     index, fd = claim_slot(slot_dir)
     _WORKER.update(slot=index, slot_fd=fd)
-    if torch.cuda.is_available():
-        device = gpu_for(index, torch.cuda.device_count())
-        if device is not None:
-            torch.cuda.set_device(device)
-            _WORKER["device"] = device
+    gpus = [g for g in os.environ.get(GPUS_ENV, "").split(",") if g]
+    if gpus:
+        gpu = gpus[gpu_for(index, len(gpus))]
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        _WORKER["gpu"] = gpu
     _WORKER["ready"] = True
 
 
@@ -294,30 +318,38 @@ def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None
 
 
 def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
+    if _WORKER.get("gpu") is not None and spec.device.startswith("cuda"):
+        spec = dataclasses.replace(spec, device="cuda")  # the one GPU this worker sees: the same key
     try:
         cell = resolve(spec)
-        if stage == "cells":
-            row = run_cell(cell, home=home, rerun=force, progress=False)
-            return {"ok": True, "error": None, "cached": bool(row.get("cached"))}
-        artifacts = Artifacts(home)
-        if stage == "ground-truth students":
-            try:
-                gt_student(cell, artifacts, progress=False, force=force)
-            except GroundTruthUnsupported:  # the cell then runs without a gt row, as run_cell does
-                pass
-            return {"ok": True, "error": None, "cached": False}
-        teacher, t_key, _ = get_teacher(cell.task, cell.profile, spec.teacher_seed, artifacts, progress=False,
-                                        numerics_=cell.numerics,
-                                        force=force and stage == "teachers", user_model=cell.teacher_model)
-        if stage == "defense fits":
-            cell, _ = calibrated_cell(cell, teacher, t_key, artifacts, Store(home), progress=False, force=force)
-            if defense_fits(cell):
-                fit_defense(cell, teacher, t_key, artifacts, progress=False, force=force)
-        elif stage == "reference students":
-            reference_student(cell, teacher, t_key, artifacts, progress=False, force=force)
-        return {"ok": True, "error": None, "cached": False}
+        with on_device(cell.spec.device):
+            return _stage(stage, cell, home, force)
     except Exception as exc:  # noqa: BLE001 - every failure of a job is recorded, never fatal to the sweep
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "cached": False}
+        return {"ok": False, "error": failure_reason(exc), "cached": False}
+
+
+def _stage(stage: str, cell: Cell, home: str, force: bool) -> dict[str, Any]:
+    """One stage's job for ``cell``, on the job's device."""
+    if stage == "cells":
+        row = run_cell(cell, home=home, rerun=force, progress=False)
+        return {"ok": True, "error": None, "cached": bool(row.get("cached"))}
+    artifacts = Artifacts(home)
+    if stage == "ground-truth students":
+        try:
+            gt_student(cell, artifacts, progress=False, force=force)
+        except GroundTruthUnsupported:  # the cell then runs without a gt row, as run_cell does
+            pass
+        return {"ok": True, "error": None, "cached": False}
+    teacher, t_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts, progress=False,
+                                    numerics_=cell.numerics, force=force and stage == "teachers",
+                                    user_model=cell.teacher_model)
+    if stage == "defense fits":
+        cell, _ = calibrated_cell(cell, teacher, t_key, artifacts, Store(home), progress=False, force=force)
+        if defense_fits(cell):
+            fit_defense(cell, teacher, t_key, artifacts, progress=False, force=force)
+    elif stage == "reference students":
+        reference_student(cell, teacher, t_key, artifacts, progress=False, force=force)
+    return {"ok": True, "error": None, "cached": False}
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -403,17 +435,50 @@ def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
 
 def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jobs: int = 1,
               backend: str = "loky", address: str | None = None, force: bool = False,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, jobs_per_gpu: int | None = None) -> SweepResult:
     """Run every cell of ``specs`` in stages; returns the store's rows and what failed.
 
+    On a CUDA device the sweep runs ``jobs_per_gpu`` workers on each GPU of the device (all visible
+    GPUs for ``cuda``), each pinned to its GPU, instead of ``n_jobs``.
     Failures do not raise: they are stored and listed in the result. Bad input raises
     :class:`bench.BenchError` before anything runs; Ctrl-C raises KeyboardInterrupt after the rows
     written so far are safely in the store."""
     start = time.time()
     store = Store(home)
+    specs = [dataclasses.replace(s, device=resolve_device(s.device)) for s in specs]
+    devices = sorted({s.device for s in specs})
+    if len(devices) > 1:
+        raise BenchError(f"a sweep runs on one device, this one asks for {', '.join(devices)}; run one sweep per "
+                         "device (the results are not comparable across devices anyway).")
+    gpus = gpu_set(devices[0]) if devices else []
+    if jobs_per_gpu is not None and (jobs_per_gpu < 1 or not gpus):
+        raise BenchError("--jobs-per-gpu must be >= 1 and applies to a CUDA device (--device cuda) only.")
+    if gpus:
+        n_jobs = len(gpus) * (jobs_per_gpu or DEFAULT_JOBS_PER_GPU)
     # every key holds the thread count its job runs with, so it is fixed here, before planning
     per_job = threads_per_job(backend, n_jobs)
     specs = [s if s.threads else dataclasses.replace(s, threads=per_job) for s in specs]
+    with _gpus_for_workers(gpus):
+        return _sweep(specs, store, start, n_jobs=n_jobs, backend=backend, address=address, force=force,
+                      progress=progress)
+
+
+@contextmanager
+def _gpus_for_workers(gpus: list[str]) -> Iterator[None]:
+    """``BENCH_GPUS`` for the workers this sweep starts (they inherit it; see :func:`_setup_worker`)."""
+    before = os.environ.get(GPUS_ENV)
+    os.environ[GPUS_ENV] = ",".join(gpus)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GPUS_ENV, None)
+        else:
+            os.environ[GPUS_ENV] = before
+
+
+def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, backend: str,
+           address: str | None, force: bool, progress: bool) -> SweepResult:
     the_plan = plan(specs, store, force=force)
     cells = the_plan.cells
     labels = {k: label(c) for k, c in cells.items()}

@@ -45,6 +45,21 @@ def _channels_last(model: nn.Module) -> Iterator[None]:
         model.to(memory_format=torch.contiguous_format)
 
 
+#: steps between reads of the loss on the host (and checks that it is finite)
+CHECK_EVERY = 25
+
+
+def _diverged(value: float, step: int, desc: str) -> None:
+    raise TrainingDiverged(f"{desc}: loss became {value} at step {step}; lower the learning rate "
+                           "(--set profile.teacher_lr / student_lr).")
+
+
+def _check(loss: torch.Tensor, step: int, desc: str) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        _diverged(value, step, desc)
+
+
 def train(
     model: nn.Module,
     next_batch: Callable[[torch.Generator], Batch],
@@ -75,25 +90,29 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float] = []
+    pending: list[torch.Tensor] = []
     with bar(total=steps, desc=desc, show=progress, unit="step") as pbar, _channels_last(model):
         for step in range(steps):
             batch = next_batch(gen)
             loss = loss_fn(model, batch)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"{desc}: loss became {value} at step {step}; lower the learning rate "
-                    "(--set profile.teacher_lr / student_lr)."
-                )
+            if step == 0:
+                _check(loss, step, desc)  # a bad setting fails at once, not a block later
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             sched.step()
-            losses.append(value)
-            if step % 10 == 0:
-                pbar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            pending.append(loss.detach())
+            if len(pending) == CHECK_EVERY or step == steps - 1:
+                # losses reach the host in blocks: on a GPU a per-step read would wait for every step
+                values = torch.stack(pending).tolist()
+                for i, value in enumerate(values):
+                    if not math.isfinite(value):
+                        _diverged(value, step - len(values) + 1 + i, desc)
+                losses.extend(values)
+                pending.clear()
+                pbar.set_postfix(loss=f"{values[-1]:.4f}", refresh=False)
             pbar.update(1)
     model.eval()
     return losses

@@ -173,7 +173,8 @@ def file_hash(path: str | Path) -> str:
 def probe_scale(model: nn.Module, role: str = "teacher") -> int:
     """The model's scale (output side / input side), from one forward in eval mode on a small input."""
     hin, win = PROBE_SIZE
-    x = torch.rand(1, 3, hin, win, generator=torch.Generator().manual_seed(0))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.rand(1, 3, hin, win, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
     was_training = model.training
     model.eval()
     try:

@@ -233,5 +233,5 @@ class Folder(Task):
                     clean.append(to_tensor(y))
                     srcs.append(name)
                 pools[split] = Pool(split, deg, clean, srcs, self.scale)
-            self._splits = Splits(**pools)
+            self._splits = Splits(**pools).to(self.device)
         return self._splits

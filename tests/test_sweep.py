@@ -19,7 +19,7 @@ import pytest
 from bench import BenchError
 from bench.grid import load_file, make_grid
 from bench.params import parse_sets
-from bench.scheduler import _SLOT_DIR, claim_slot, format_summary, gpu_for, plan, run_sweep
+from bench.scheduler import claim_slot, format_summary, gpu_for, plan, run_sweep
 from bench.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,11 @@ def test_loky_workers_take_distinct_indices(tmp_path):
             time.sleep(0.05)
         return os.getpid(), scheduler._WORKER["slot"]
 
-    out = Parallel(n_jobs=2, backend="loky")(delayed(probe)(str(tmp_path), _SLOT_DIR) for _ in range(2))
+    # a slot folder of its own: an in-process sweep (n_jobs=1) earlier in this process holds slot 0 of
+    # the module's folder for the process's lifetime
+    (tmp_path / "meet").mkdir()
+    out = Parallel(n_jobs=2, backend="loky")(delayed(probe)(str(tmp_path / "meet"), str(tmp_path / "slots"))
+                                             for _ in range(2))
     assert len({pid for pid, _ in out}) == 2
     assert sorted(slot for _, slot in out) == [0, 1]
 
