@@ -20,7 +20,7 @@ for k in 1 2 4; do
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "/tmp/util$k.txt" 2>/dev/null &
   P=$!
   s=$(date +%s.%N)
-  timeout 40 bench sweep --tasks derain --defenses none,asvp --seeds 0-3 --device cuda --jobs-per-gpu $k \
+  timeout 35 bench sweep --tasks derain --defenses none,asvp --seeds 0-3 --device cuda --jobs-per-gpu $k \
     --set profile.teacher_steps=300 --set profile.student_steps=200 --home "/tmp/u$k" > "/tmp/sweep$k.log" 2>&1
   rc=$?
   e=$(date +%s.%N)
@@ -36,7 +36,7 @@ PY
   tail -n 3 "/tmp/sweep$k.log" >> "$L"
 done
 
-timeout 120 bench run --task derain --defense asvp --profile paper --device cuda --home /tmp/paper \
+timeout 100 bench run --task derain --defense asvp --profile paper --device cuda --home /tmp/paper \
   --set profile.teacher_steps=2000 --set profile.student_steps=1000 > "$OUT/paper.txt" 2>&1
 echo "paper cell rc=$?" >> "$L"
 python3 - >> "$OUT/paper.txt" 2>&1 <<'PY'
