@@ -262,7 +262,8 @@ def pool_digest(pool: Pool) -> str:
 
 
 def calibration_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
-    profile = {k: v for k, v in dataclasses.asdict(cell.profile).items() if k != "name"}
+    # precision is keyed with the numerics (through the teacher's key)
+    profile = {k: v for k, v in dataclasses.asdict(cell.profile).items() if k not in ("name", "precision")}
     return {"kind": "calibration", "recipe": CALIBRATION_RECIPE, "teacher": teacher_key,
             "defense": cell.defense.calibration_identity(), "budget_db": float(cell.spec.budget_db),
             "calib": {"task": cell.task.name, "digest": pool_digest(cell.task.splits().calib)},

@@ -155,7 +155,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cell = resolve(spec_from_args(args))
     store = Store(_home(args))
     artifacts = Artifacts(store.home)
-    with on_device(cell.spec.device):
+    with on_device(cell.spec.device, precision=cell.profile.precision):
         teacher, teacher_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts,
                                               numerics_=cell.numerics, progress=True,
                                               user_model=cell.teacher_model)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -26,6 +27,9 @@ import torch
 from bench import BenchError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+#: what the training forward passes compute in (profile.precision): float32, or bfloat16 autocast
+PRECISIONS = ("fp32", "bf16")
+_PRECISION: ContextVar[str] = ContextVar("bench_precision", default="fp32")
 
 
 def resolve_device(name: str | None) -> str:
@@ -49,11 +53,12 @@ def resolve_device(name: str | None) -> str:
     raise BenchError(f"--device: unknown device '{name}'; use {DEVICE_CHOICES}.")
 
 
-def numerics(threads: int = 0, device: str = "cpu") -> dict[str, Any]:
+def numerics(threads: int = 0, device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     """The numerics a job runs with: ``threads`` torch threads (0: this process's current count) on
-    ``device``, in float32. On CUDA the GPU model is named too (two GPUs of one model compute alike)."""
+    ``device``, training in ``precision``. On CUDA the GPU model is named too (two GPUs of one model
+    compute alike)."""
     num: dict[str, Any] = {"device": "cpu", "threads": int(threads) or torch.get_num_threads(),
-                           "precision": "fp32"}
+                           "precision": precision}
     if str(device).startswith("cuda"):
         index = int(str(device)[5:]) if ":" in str(device) else 0
         num["device"] = "cuda"
@@ -71,14 +76,30 @@ def make_reproducible(device: str) -> None:
 
 
 @contextmanager
-def on_device(device: str | torch.device, *, reproducible: bool = True) -> Iterator[torch.device]:
-    """Run the body with ``device`` as torch's default device (see the module docstring); a suite job is
-    also made ``reproducible`` (:func:`make_reproducible`; a user's own process, bench.protect, is not)."""
+def on_device(device: str | torch.device, *, reproducible: bool = True,
+              precision: str = "fp32") -> Iterator[torch.device]:
+    """Run the body with ``device`` as torch's default device (see the module docstring), training in
+    ``precision`` (:func:`autocast`); a suite job is also made ``reproducible``
+    (:func:`make_reproducible`; a user's own process, bench.protect, is not)."""
+    if precision not in PRECISIONS:
+        raise BenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     dev = torch.device(device)
     if reproducible:
         make_reproducible(str(dev))
-    with torch.device(dev):
-        yield dev
+    token = _PRECISION.set(precision)
+    try:
+        with torch.device(dev):
+            yield dev
+    finally:
+        _PRECISION.reset(token)
+
+
+def autocast(device: torch.device) -> Any:
+    """The training forward pass's precision for the running job: bfloat16 autocast where the job's
+    profile asks for it (``profile.precision=bf16``), else nothing (float32)."""
+    if _PRECISION.get() == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def job_device() -> torch.device:

@@ -96,8 +96,9 @@ class Cell:
             "budget_db": self.spec.budget_db,
             # the calib pool only matters to a cell through a calibration: a cell run at a set strength
             # keeps its key whatever the calib settings
+            # precision is keyed with the numerics, not here
             "profile": {k: v for k, v in dataclasses.asdict(self.profile).items()
-                        if k != "name" and (budgeted or k not in CALIB_FIELDS)},
+                        if k not in ("name", "precision") and (budgeted or k not in CALIB_FIELDS)},
         }
         config["numerics"] = self.numerics
         if self.teacher_model is not None:  # only when set, so reference-model keys stay as they were
@@ -108,7 +109,7 @@ class Cell:
 
     @property
     def numerics(self) -> dict[str, Any]:
-        return numerics(self.spec.threads, self.spec.device)
+        return numerics(self.spec.threads, self.spec.device, self.profile.precision)
 
     def teacher_arch(self) -> nn.Module:
         """A fresh teacher architecture (the user's, without weights, or the task's reference one)."""
@@ -422,7 +423,7 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
         "versions": versions(), "started": started, "budget": cell.spec.budget_db,
     }
     try:
-        with on_device(cell.spec.device):
+        with on_device(cell.spec.device, precision=cell.profile.precision):
             metrics = _run(cell, artifacts, store, progress=progress, force=force)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):

@@ -322,7 +322,7 @@ def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
         spec = dataclasses.replace(spec, device="cuda")  # the one GPU this worker sees: the same key
     try:
         cell = resolve(spec)
-        with on_device(cell.spec.device):
+        with on_device(cell.spec.device, precision=cell.profile.precision):
             return _stage(stage, cell, home, force)
     except Exception as exc:  # noqa: BLE001 - every failure of a job is recorded, never fatal to the sweep
         return {"ok": False, "error": failure_reason(exc), "cached": False}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import BenchError
+from bench.numerics import autocast
 from bench.progress import bar
 
 
@@ -91,10 +92,12 @@ def train(
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float] = []
     pending: list[torch.Tensor] = []
+    device = next((p.device for p in params), torch.device("cpu"))
     with bar(total=steps, desc=desc, show=progress, unit="step") as pbar, _channels_last(model):
         for step in range(steps):
             batch = next_batch(gen)
-            loss = loss_fn(model, batch)
+            with autocast(device):  # float32 unless the profile asks for bfloat16 (bench.numerics)
+                loss = loss_fn(model, batch)
             if step == 0:
                 _check(loss, step, desc)  # a bad setting fails at once, not a block later
             opt.zero_grad(set_to_none=True)

@@ -141,3 +141,16 @@ def test_a_sweep_creates_no_tensor_off_its_device(tmp_path):
     finally:
         torch.set_default_device(None)
     assert result.ok, result.failures
+
+
+def test_bf16_training_is_keyed_apart_and_runs(tmp_path):
+    """profile.precision=bf16 trains under bfloat16 autocast: another model, so another key (through the
+    numerics, which name it), and a cell runs to the end with it; fp32 keys stay what they were."""
+    fp32 = resolve(_spec(device="cpu", threads=1))
+    bf16 = resolve(_spec(device="cpu", threads=1, profile_params={"precision": "bf16"}))
+    assert bf16.numerics["precision"] == "bf16" and fp32.numerics["precision"] == "fp32"
+    assert bf16.key != fp32.key and "precision" not in fp32.config()["profile"]
+    row = run_cell(_spec(device="cpu", profile_params={"precision": "bf16"}), home=tmp_path, progress=False)
+    assert row["status"] == "done" and row["config"]["numerics"]["precision"] == "bf16"
+    ref = run_cell(_spec(device="cpu"), home=tmp_path, progress=False)
+    assert row["metrics"]["teacher_psnr"] != ref["metrics"]["teacher_psnr"]  # it did train in bfloat16
