@@ -9,6 +9,7 @@ beside ``config.json``, which says what produced them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -43,6 +44,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+#: beside ``model.pt``: the sha256 of its bytes, written when it is saved
+DIGEST_FILE = "model.sha256"
+
+
 class Artifacts:
     """Models and files keyed by config hash under ``<home>/artifacts``."""
 
@@ -53,29 +58,58 @@ class Artifacts:
         return self.root / key
 
     def load_model(self, key: str, model: nn.Module) -> bool:
-        """Load the cached weights for ``key`` into ``model``; False if there are none usable."""
+        """Load the cached weights for ``key`` into ``model``; False if there are none usable.
+
+        ``model.pt`` is used only if its bytes match the digest written beside it (``model.sha256``) when
+        it was saved: a damaged or edited file is recomputed, with a warning. A checkpoint saved before
+        digests were kept gets its digest now (trusted on first use)."""
         path = self.dir(key) / "model.pt"
         if not path.exists():
             return False
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            recorded = self.weights_digest(key)
+            if recorded is not None and recorded != digest:
+                raise ValueError("its bytes do not match the digest saved with it")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
+            if recorded is None:
+                atomic_write_bytes(path.with_name(DIGEST_FILE), digest.encode())
         except Exception as exc:  # a damaged or stale checkpoint is recomputed, never trusted
-            print(f"warning: cached model {path} unusable ({type(exc).__name__}); recomputing it",
+            print(f"warning: cached model {path} unusable ({type(exc).__name__}: {exc}); recomputing it",
                   file=sys.stderr)
             return False
         return True
 
+    def weights_digest(self, key: str) -> str | None:
+        """The sha256 of ``key``'s saved weights, as recorded when they were saved (None: none recorded)."""
+        try:
+            text = (self.dir(key) / DIGEST_FILE).read_text().strip()
+        except OSError:
+            return None
+        return text if len(text) == 64 else None
+
+    def read_info(self, key: str) -> dict[str, Any] | None:
+        """``config.json`` of a cached model (None if missing or unreadable: the caller recomputes)."""
+        try:
+            info = json.loads((self.dir(key) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
     def save_model(self, key: str, model: nn.Module, config: dict[str, Any],
                    info: dict[str, Any] | None = None) -> None:
-        import io
-
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
+        data = buf.getvalue()
         d = self.dir(key)
         atomic_write_bytes(d / "config.json", (json.dumps({"config": config, **(info or {})},
                                                           indent=2, default=str) + "\n").encode())
-        atomic_write_bytes(d / "model.pt", buf.getvalue())
+        # the digest first: a crash between the two writes leaves a digest without weights (recomputed),
+        # never weights that a stale digest would accept
+        atomic_write_bytes(d / DIGEST_FILE, hashlib.sha256(data).hexdigest().encode())
+        atomic_write_bytes(d / "model.pt", data)
 
     def cached_model(
         self,

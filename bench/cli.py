@@ -180,7 +180,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in kinds:
         reg = REGISTRIES[kind]
         out.append(f"{kind}:")
-        for info in reg.all():
+        for info in reg.survey():
+            if isinstance(info, tuple):  # broken: listed as such, the others still listed
+                out.append(f"  {info[0]}  [BROKEN]  {info[1]}")
+                continue
             extra = []
             if getattr(info.cls, "access", None) and kind == "attacks":
                 extra.append(f"access: {info.cls.access}")
@@ -214,6 +217,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
                      attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
                      teacher_seeds=args.teacher_seeds, sets=sets)
+    from bench.grid import MAX_CELLS
+
+    grid.check_size(args.max_cells or MAX_CELLS)
     device = resolve_device(args.device)
     specs = [dataclasses.replace(s, device=device) for s in grid.specs()]
     result = run_sweep(specs, home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
@@ -265,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
                         "result's key (a GPU's numbers are not a CPU's)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
+    p.add_argument("--max-cells", type=int, metavar="N",
+                   help="refuse grids of more than N cells (default 20000: a guard against typos in ranges)")
     p.add_argument("--jobs-per-gpu", type=int, metavar="K",
                    help="on a CUDA device: K workers share each GPU (default 4), each pinned to its GPU")
     p.add_argument("--backend", default="loky", choices=["loky", "dask"], help="loky (default) or dask")
@@ -293,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or ``kill`` stopping the run): handled like Ctrl-C."""
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+    import threading
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -302,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("BENCH_DEBUG") == "1"
     func: Callable[[argparse.Namespace], int] = args.func
     start = time.time()
+    _stop_on_sigterm()
     try:
         return func(args)
     except BenchError as exc:
@@ -309,10 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted after {time.time() - start:.0f} s; finished results are kept in the store "
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{how} after {time.time() - start:.0f} s; finished results are kept in the store "
               "and a re-run continues from them.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+    except MemoryError as exc:
+        if debug:
+            raise
+        print(f"error: out of memory{': ' + str(exc) if str(exc) else ''}; run fewer jobs at once (--n-jobs), a "
+              "smaller profile, or smaller images.", file=sys.stderr)
+        return 1
     except Exception as exc:  # an unexpected failure: still one line unless --debug
         if debug:
             raise

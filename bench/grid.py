@@ -48,6 +48,10 @@ from bench.pipeline import CellSpec
 from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 
 ALL_SEEDS = (0, 1, 2)
+#: most seeds one axis may hold (a range is checked before it is expanded)
+MAX_SEEDS = 10_000
+#: most cells one sweep plans unless --max-cells says otherwise
+MAX_CELLS = 20_000
 ALL_BUDGETS = (0.1, 0.5, 1.0)
 FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed", "teacher_seeds")
 ENTRY_KEYS = ("name", "params", "sweep", "budgets", "strengths", "attacks")
@@ -96,6 +100,20 @@ class Grid:
                     out.append(spec)
         return out
 
+    def size_bound(self) -> int:
+        """How many cells :meth:`specs` will give at most (without expanding them)."""
+        budgets = max([len(self._budgets_for(d)) for d in self.defenses] or [1])
+        return (len(self.tasks) * len(self.defenses) * len(self.attacks) * len(self.teacher_seeds)
+                * len(self.seeds) * budgets)
+
+    def check_size(self, max_cells: int = MAX_CELLS) -> None:
+        """A one-line error for a grid larger than ``max_cells`` cells (a typo in a seed range, say),
+        before anything is planned."""
+        n = self.size_bound()
+        if n > max_cells:
+            raise BenchError(f"this grid has up to {n} cells, over the limit of {max_cells}; check its axes, or "
+                             f"pass --max-cells {n} to run it.")
+
     def _budgets_for(self, defense: Entry) -> list[float | None]:
         budgets = list(defense.budgets) if defense.budgets is not None else list(self.budgets)
         if DEFENSES.get(defense.name).strength is None:
@@ -117,6 +135,9 @@ def parse_seeds(value: Any, where: str = "--seeds") -> list[int]:
                 lo, hi = (int(p) for p in text.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if hi - lo + 1 > MAX_SEEDS:
+                    raise BenchError(f"{where}: {text} is {hi - lo + 1} seeds; one grid takes at most {MAX_SEEDS} "
+                                     "(split it into several sweeps on one store).")
                 seeds.extend(range(lo, hi + 1))
             elif isinstance(item, bool):
                 raise ValueError
@@ -126,6 +147,8 @@ def parse_seeds(value: Any, where: str = "--seeds") -> list[int]:
             raise BenchError(f"{where}: seeds are integers, ranges like 0-4, or all; got {item!r}.") from None
     if not seeds or any(s < 0 for s in seeds):
         raise BenchError(f"{where}: give at least one seed, each >= 0 (got {value!r}).")
+    if len(set(seeds)) > MAX_SEEDS:
+        raise BenchError(f"{where}: {len(set(seeds))} seeds; one grid takes at most {MAX_SEEDS}.")
     return list(dict.fromkeys(seeds))
 
 
@@ -295,8 +318,9 @@ def load_file(path: Path | str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise BenchError(f"grid file {path} is not valid YAML{where}; fix its syntax.") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise BenchError(f"grid file {path} is empty; give at least its tasks (see grids/smoke.yaml), or run "
+                         "bench sweep with flags alone.")
     if not isinstance(data, dict):
         raise BenchError(f"grid file {path} must be a mapping with keys {', '.join(FILE_KEYS)}.")
     unknown = set(data) - set(FILE_KEYS)

@@ -121,6 +121,20 @@ def _convert(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported parameter type {tp!r}")
 
 
+#: the largest magnitude a number parameter may take: beyond it a float loses meaning (h = 1e19 is an
+#: identity in float32 arithmetic) or an int overflows the tensors it sizes
+MAX_MAGNITUDE = 1e12
+
+
+def _check_magnitude(owner: str, key: str, value: Any) -> None:
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if v != v or abs(v) > MAX_MAGNITUDE:  # NaN, inf, or absurdly large
+            raise BenchError(f"{owner} parameter '{key}' must be a finite number of magnitude at most "
+                             f"{MAX_MAGNITUDE:g}, got {v!r}.")
+
+
 def build(params_cls: type, overrides: dict[str, Any] | None, *, owner: str) -> Any:
     """An instance of ``params_cls`` with ``overrides`` applied and validated.
 
@@ -142,6 +156,7 @@ def build(params_cls: type, overrides: dict[str, Any] | None, *, owner: str) -> 
             raise BenchError(
                 f"{owner} parameter '{key}' must be {type_name(info.type)}, got {raw!r}."
             ) from None
+        _check_magnitude(owner, key, value)
         if info.choices is not None:
             items = value if isinstance(value, tuple) and get_origin(info.type) is tuple else (value,)
             bad = [v for v in items if v not in info.choices]

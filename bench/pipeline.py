@@ -11,6 +11,8 @@ fixed asset.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import platform
 import sys
@@ -173,6 +175,42 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+@functools.lru_cache(maxsize=256)
+def code_digest(cls: type) -> str:
+    """A digest of the code of the module that defines a plugin class, docstrings and comments left out
+    (editing them does not change results; editing the code may)."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(sys.modules[cls.__module__]))
+    except (OSError, TypeError, KeyError, SyntaxError):
+        return "unknown"
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+def plugin_code(cell: Cell) -> dict[str, str]:
+    """The code digest of the cell's task, defense and attack (recorded in every row)."""
+    return {"task": code_digest(type(cell.task)), "defense": code_digest(type(cell.defense)),
+            "attack": code_digest(type(cell.attack))}
+
+
+def stale_code(row: dict[str, Any], cell: Cell) -> list[str]:
+    """The plugins of ``cell`` whose code changed since ``row`` was computed (empty for a row from before
+    code digests were recorded): such a row is not reused, since its numbers came from other code. A
+    plugin author who changes results on purpose should also bump the class's ``version``."""
+    recorded = (row.get("versions") or {}).get("code") or {}
+    now = plugin_code(cell)
+    names = {"task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack}
+    return [f"{kind} '{names[kind]}'" for kind in now
+            if recorded.get(kind) not in (None, "unknown", now[kind])]
+
+
 def _seeded_build(build_fn, seed: int) -> nn.Module:
     """``build_fn()`` initialised from ``seed`` on the CPU (the same weights on every device), then moved
     to the job's device."""
@@ -313,8 +351,8 @@ def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifact
     config = reference_config(cell, teacher_key)
     key = config_key(config)
     student = _seeded_build(cell.student_arch, 0)
-    if not force and artifacts.load_model(key, student):
-        info = json.loads((artifacts.dir(key) / "config.json").read_text())
+    info = artifacts.read_info(key)  # a damaged config.json means: train it again
+    if not force and info is not None and artifacts.load_model(key, student):
         student.eval()
         return student, int(info.get("queries_used", cell.attack.budget(cell.profile)))
     student, used = steal_student(cell, teacher, Defense(None, seed=cell.spec.seed), artifacts=artifacts,
@@ -351,19 +389,30 @@ def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts
     test images was a third of each cell's scoring time. Keyed by ``who``, the pool's images and the
     task's metric settings (``digest``: the pool's :func:`bench.calibrate.pool_digest`, when the caller has
     it); a file that cannot be read is recomputed."""
+    # keyed by the weights actually scored (their saved digest), not only by the config that made them
     name = config_key({"kind": "scores", "recipe": SCORES_RECIPE, "who": who, "pool": digest or pool_digest(pool),
-                       "y_channel": task.y_channel, "shave": task.shave})
+                       "y_channel": task.y_channel, "shave": task.shave,
+                       "weights": artifacts.weights_digest(model_key)})
     path = artifacts.dir(model_key) / f"scores-{name}.json"
     if not force:
         try:
             cached = json.loads(path.read_text())
-            return {"psnr": float(cached["psnr"]), "ssim": float(cached["ssim"]),
-                    "psnr_per_image": [float(p) for p in cached["psnr_per_image"]]}
+            scores = {"psnr": float(cached["psnr"]), "ssim": float(cached["ssim"]),
+                      "psnr_per_image": [float(p) for p in cached["psnr_per_image"]]}
+            if cached.get("sha256") == _scores_digest(scores):  # an edited file is recomputed
+                return scores
+            print(f"warning: cached scores {path} do not match their digest; recomputing them", file=sys.stderr)
         except (OSError, ValueError, KeyError, TypeError):
             pass
     scores = evaluate(model, pool, task)
-    atomic_write_bytes(path, json.dumps(scores).encode())  # floats round-trip exactly through JSON
+    # floats round-trip exactly through JSON
+    atomic_write_bytes(path, json.dumps({**scores, "sha256": _scores_digest(scores)}).encode())
     return scores
+
+
+def _scores_digest(scores: dict[str, Any]) -> str:
+    body = json.dumps({k: scores[k] for k in ("psnr", "ssim", "psnr_per_image")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 @torch.no_grad()
@@ -414,13 +463,17 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
     if not (force or rerun):
         row = store.get_cell(key)
         if row is not None and row["status"] == "done":
-            row["cached"] = True
-            return row
+            changed = stale_code(row, cell)
+            if not changed:
+                row["cached"] = True
+                return row
+            print(f"warning: the code of {', '.join(changed)} changed since this cell's result; recomputing it",
+                  file=sys.stderr)
     started = time.time()
     row: dict[str, Any] = {
         "key": key, "task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack,
         "seed": cell.spec.seed, "profile": cell.profile.name, "config": cell.config(),
-        "versions": versions(), "started": started, "budget": cell.spec.budget_db,
+        "versions": {**versions(), "code": plugin_code(cell)}, "started": started, "budget": cell.spec.budget_db,
     }
     try:
         with on_device(cell.spec.device, precision=cell.profile.precision):
@@ -428,10 +481,11 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
+        trace = traceback.format_exc(limit=8)
         row.update(status="failed", error=failure_reason(exc, full=True), finished=time.time(),
-                   wall_s=time.time() - started,
-                   metrics={"traceback": traceback.format_exc(limit=8)})
-        store.put_cell(row)
+                   wall_s=time.time() - started, metrics={"traceback": trace})
+        # a re-run (--force) that fails keeps the finished result; the attempt is kept apart
+        store.put_failure(row, detail=trace)
         raise
     row.update(status="done", error=None, metrics=metrics, finished=time.time(),
                wall_s=time.time() - started)

@@ -24,6 +24,21 @@ class PluginInfo:
     origin: str  # distribution that provides it ("antidistill-bench" for built-ins), or "registered"
 
 
+def _check_params(kind: str, name: str, dist: str, cls: type) -> None:
+    """A plugin's parameters must all have defaults (a grid or a bare name must be able to build it):
+    refused when it loads, naming the field, not at run time as a constructor error."""
+    import dataclasses
+
+    params = getattr(cls, "Params", None)
+    if params is None or not dataclasses.is_dataclass(params):
+        raise BenchError(f"{kind} '{name}' from package {dist}: its Params must be a dataclass (bench.params.param "
+                         "fields); see the README's plugin example.")
+    for f in dataclasses.fields(params):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise BenchError(f"{kind} '{name}' from package {dist}: parameter '{f.name}' has no default; give every "
+                             "Params field a default (bench.params.param(DEFAULT, 'doc')).")
+
+
 def _dist_name(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     return dist.metadata["Name"] if dist is not None else "unknown"
@@ -37,6 +52,7 @@ class Registry:
         self.group = group
         self._plugins: dict[str, PluginInfo] = {}
         self._entry_points: dict[str, metadata.EntryPoint] | None = None
+        self._clashes: dict[str, list[metadata.EntryPoint]] = {}
 
     def register(self, name: str, *, origin: str = "registered") -> Callable[[type], type]:
         def decorate(cls: type) -> type:
@@ -51,7 +67,13 @@ class Registry:
 
     def _eps(self) -> dict[str, metadata.EntryPoint]:
         if self._entry_points is None:
-            self._entry_points = {ep.name: ep for ep in metadata.entry_points(group=self.group)}
+            found: dict[str, list[metadata.EntryPoint]] = {}
+            for ep in metadata.entry_points(group=self.group):
+                same = found.setdefault(ep.name, [])
+                if all((e.value, _dist_name(e)) != (ep.value, _dist_name(ep)) for e in same):
+                    same.append(ep)  # one package seen twice on the path is one plugin
+            self._clashes = {n: eps for n, eps in found.items() if len(eps) > 1}
+            self._entry_points = {n: eps[0] for n, eps in found.items()}
         return self._entry_points
 
     def names(self) -> list[str]:
@@ -59,6 +81,11 @@ class Registry:
 
     def _load(self, name: str) -> PluginInfo:
         ep = self._eps()[name]
+        clash = self._clashes.get(name)
+        if clash:  # never pick one of two silently: results would depend on the install order
+            who = " and ".join(f"{_dist_name(e)} ({e.value})" for e in clash)
+            raise BenchError(f"{self.kind} '{name}' is provided by two packages: {who}; uninstall one, or rename "
+                             "the entry point of yours.")
         try:
             cls = ep.load()
         except Exception as exc:  # a broken third-party plugin must not take the suite down silently
@@ -66,6 +93,7 @@ class Registry:
                 f"{self.kind} '{name}' from package {_dist_name(ep)} failed to import "
                 f"({type(exc).__name__}: {exc}); fix or uninstall that package."
             ) from exc
+        _check_params(self.kind, name, _dist_name(ep), cls)
         cls.name = name
         info = PluginInfo(name, cls, _dist_name(ep))
         self._plugins[name] = info
@@ -88,6 +116,17 @@ class Registry:
 
     def all(self) -> list[PluginInfo]:
         return [self.info(n) for n in self.names()]
+
+    def survey(self) -> list[PluginInfo | tuple[str, str]]:
+        """Every plugin, in name order: its info, or (name, why it is broken) for one that cannot load,
+        so that one broken package never hides the others."""
+        out: list[PluginInfo | tuple[str, str]] = []
+        for n in self.names():
+            try:
+                out.append(self.info(n))
+            except BenchError as exc:
+                out.append((n, str(exc)))
+        return out
 
 
 TASKS = Registry("task", "bench.tasks")

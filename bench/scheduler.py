@@ -75,6 +75,7 @@ from bench.pipeline import (
     reference_student,
     resolve,
     run_cell,
+    stale_code,
     teacher_config,
     versions,
 )
@@ -160,7 +161,7 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     if not force:
         for key in cells:
             row = store.get_cell(key)
-            if row is not None and row["status"] == "done":
+            if row is not None and row["status"] == "done" and not stale_code(row, cells[key]):
                 cached[key] = row
     out = Plan(cells=cells, cached=cached)
     artifacts = Artifacts(store.home)
@@ -253,6 +254,38 @@ def gpu_for(index: int, count: int) -> int | None:
     return index % count if count > 0 else None
 
 
+#: the pid of the process running the sweep, inherited by its workers (see :func:`_watch_sweep`)
+SWEEP_PID_ENV = "BENCH_SWEEP_PID"
+
+
+def _watch_sweep(interval: float = 1.0) -> None:
+    """In a worker process: end this process within ``interval`` seconds of the sweep that started it
+    (killed with -9, or gone after SIGTERM), instead of computing on for minutes for no one. Nothing in
+    the sweep's own process (a one-job sweep runs there) or where the sweep is not known (a remote dask
+    worker)."""
+    try:
+        sweep = int(os.environ.get(SWEEP_PID_ENV, "0"))
+    except ValueError:
+        return
+    if sweep <= 0 or sweep == os.getpid():
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if parent == sweep and os.getppid() != parent:  # orphaned: the sweep died (even if not yet reaped)
+                os._exit(1)
+            try:
+                os.kill(sweep, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # alive, owned by another user
+                pass
+
+    threading.Thread(target=watch, name="bench-watch-sweep", daemon=True).start()
+
+
 def _dask_worker_threads() -> int | None:
     try:
         from distributed import get_worker
@@ -290,6 +323,7 @@ def _setup_worker(threads: int | None, slot_dir: str) -> None:
         torch.set_num_threads(threads)
     index, fd = claim_slot(slot_dir)
     _WORKER.update(slot=index, slot_fd=fd)
+    _watch_sweep()
     gpus = [g for g in os.environ.get(GPUS_ENV, "").split(",") if g]
     if gpus:
         gpu = gpus[gpu_for(index, len(gpus))]
@@ -465,16 +499,19 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
 
 @contextmanager
 def _gpus_for_workers(gpus: list[str]) -> Iterator[None]:
-    """``BENCH_GPUS`` for the workers this sweep starts (they inherit it; see :func:`_setup_worker`)."""
-    before = os.environ.get(GPUS_ENV)
-    os.environ[GPUS_ENV] = ",".join(gpus)
+    """What the workers this sweep starts inherit: ``BENCH_GPUS`` (see :func:`_setup_worker`) and this
+    process's pid (they end when it does: :func:`_watch_sweep`)."""
+    values = {GPUS_ENV: ",".join(gpus), SWEEP_PID_ENV: str(os.getpid())}
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(GPUS_ENV, None)
-        else:
-            os.environ[GPUS_ENV] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, backend: str,
@@ -511,8 +548,7 @@ def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, ba
                 pbar.update(1)
                 if job.stage == "cells":
                     fail_cell(job.key, upstream)
-                    if (store.get_cell(job.key) or {}).get("status") != "done":  # never replace a done row
-                        store.put_cell(_failed_row(cells[job.key], upstream))
+                    store.put_failure(_failed_row(cells[job.key], upstream))  # never replaces a done row
             name = " & ".join(stage for stage in wave if the_plan.jobs[stage]) or wave[0]
             n_done = 0
             pbar.set_description(f"{name} 0/{len(todo)}")
@@ -526,8 +562,8 @@ def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, ba
                         ran += not res["cached"]
                     else:
                         fail_cell(job.key, res["error"])
-                        if res.get("died") and (store.get_cell(job.key) or {}).get("status") != "done":
-                            store.put_cell(_failed_row(cells[job.key], res["error"]))
+                        if res.get("died"):
+                            store.put_failure(_failed_row(cells[job.key], res["error"]))
                 elif not res["ok"]:
                     failed_jobs[job.key] = f"{job.stage[:-1]} failed: {res['error']}"
                     pbar.write(f"failed: {job.stage[:-1]} for {labels[job.cell]}: {res['error']}", file=sys.stderr)

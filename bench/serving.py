@@ -69,6 +69,22 @@ def as_image(answers: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(answers * levels) / levels
 
 
+def checked(out: object, like: torch.Tensor, defense: Defense, method: str) -> torch.Tensor:
+    """What a defense method returned, if it is what it replaces: a tensor of the same shape, dtype and
+    device, with finite values; else a one-line error naming the defense and the method (it would
+    otherwise fail deep in training, or train a student on NaNs)."""
+    who = f"defense '{getattr(defense, 'name', type(defense).__name__)}': {method}"
+    if not isinstance(out, torch.Tensor):
+        raise BenchError(f"{who} returned {type(out).__name__}, not a tensor; return the changed tensor.")
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        raise BenchError(f"{who} returned a {out.dtype} tensor of shape {tuple(out.shape)} on {out.device} for a "
+                         f"{like.dtype} one of shape {tuple(like.shape)} on {like.device}; return the same shape, "
+                         "dtype and device.")
+    if not bool(torch.isfinite(out).all()):
+        raise BenchError(f"{who} returned non-finite values (NaN or inf); keep its output finite.")
+    return out
+
+
 def resolve_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name``; a one-line error listing near names if there is none."""
     modules = dict(model.named_modules())
@@ -125,7 +141,8 @@ class ServedModel(nn.Module):
             exposed = output
             flow = None
             if name in self.perturbed_layers and (self.inline or self._features is not None):
-                perturbed = self.defense.perturb_features(name, output, self._query)
+                perturbed = checked(self.defense.perturb_features(name, output, self._query), output,
+                                    self.defense, f"perturb_features (layer '{name}')")
                 exposed = perturbed
                 if self.inline:
                     flow = perturbed
@@ -144,7 +161,7 @@ class ServedModel(nn.Module):
         try:
             y = self.model(x)
             if self.defense is not None:
-                y = self.defense.perturb_answers(y, query)
+                y = checked(self.defense.perturb_answers(y, query), y, self.defense, "perturb_answers")
             if self.answer_bits:  # what a service sends is an image: perturbations under a grey level vanish
                 y = as_image(y, self.answer_bits)
             feats = self._features or {}

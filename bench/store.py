@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS calibrations (
     config TEXT NOT NULL,
     created REAL
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    detail TEXT,
+    versions TEXT
+);
 """
 
 CELL_COLUMNS = ("key", "task", "defense", "attack", "seed", "profile", "budget", "status", "error",
@@ -58,33 +66,76 @@ def default_home() -> Path:
 
 
 class Store:
-    def __init__(self, home: Path | str | None = None) -> None:
+    """The results of one home. ``readonly`` opens an existing store without writing to it (reports:
+    a store on a read-only disk, or someone else's, can still be reported)."""
+
+    def __init__(self, home: Path | str | None = None, *, readonly: bool = False) -> None:
         self.home = Path(home) if home is not None else default_home()
-        try:
-            self.home.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BenchError(f"cannot create the store folder {self.home}: {exc.strerror}; "
-                             "pass a writable --home DIR.") from None
         self.path = self.home / "results.sqlite"
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.exists():
+                raise BenchError(f"no results store at {self.path}; run bench run or bench sweep with "
+                                 f"--home {self.home} first.")
+        else:
+            try:
+                self.home.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BenchError(f"cannot create the store folder {self.home}: {exc.strerror}; "
+                                 "pass a writable --home DIR.") from None
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise BenchError(f"{self.path} is empty (0 bytes): its results were lost. {self._recovery()}")
+        if not readonly:
+            with self._connect() as con:
+                con.executescript(SCHEMA)
+
+    def _recovery(self) -> str:
+        return (f"Move it aside (mv {self.path} {self.path}.damaged) and re-run: the trained models under "
+                f"{self.home / 'artifacts'} are kept and reused, so only the cells' scores are recomputed.")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            if self.readonly:
+                # on a read-only disk SQLite cannot make the WAL index: then read the file as it is
+                mode = "ro&immutable=1" if not os.access(self.home, os.W_OK) else "ro"
+                con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True, timeout=60.0,
+                                      isolation_level=None)
+            else:
+                con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         except sqlite3.Error as exc:
             raise BenchError(f"cannot open the results store {self.path}: {exc}") from None
         try:
             con.execute("PRAGMA busy_timeout = 60000")
+            if not self.readonly:
+                try:
+                    con.execute("PRAGMA journal_mode = WAL")
+                except sqlite3.OperationalError as exc:
+                    if "readonly" in str(exc) or "read-only" in str(exc):
+                        raise BenchError(f"the results store {self.path} is read-only ({exc}); run on a "
+                                         "writable --home (bench report reads read-only stores).") from None
+                    raise
+                except sqlite3.DatabaseError as exc:
+                    raise BenchError(f"{self.path} is not a results store ({exc}). {self._recovery()}") from None
             try:
-                con.execute("PRAGMA journal_mode = WAL")
+                yield con
             except sqlite3.DatabaseError as exc:
-                raise BenchError(f"{self.path} is not a results store ({exc}); "
-                                 "point --home at another folder.") from None
-            yield con
+                text = str(exc)
+                if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+                    raise
+                if "readonly" in text or "read-only" in text:
+                    raise BenchError(f"the results store {self.path} is read-only ({text}); run on a writable "
+                                     "--home (bench report reads read-only stores).") from None
+                raise BenchError(f"the results store {self.path} is damaged ({text}). {self._recovery()}") from None
         finally:
             con.close()
+
+    def check(self) -> None:
+        """A one-line error, with recovery advice, if SQLite finds the store damaged."""
+        with self._connect() as con:
+            problems = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise BenchError(f"the results store {self.path} is damaged ({problems[0]}). {self._recovery()}")
 
     def _write(self, sql: str, args: tuple) -> None:
         delay = 0.05
@@ -111,6 +162,54 @@ class Store:
         marks = ",".join("?" for _ in CELL_COLUMNS)
         self._write(f"INSERT OR REPLACE INTO cells ({','.join(CELL_COLUMNS)}) VALUES ({marks})",
                     tuple(values))
+
+    def put_failure(self, row: dict[str, Any], detail: str | None = None) -> bool:
+        """Record a failed attempt at a cell (always kept, in ``attempts``) and make ``row`` the cell's row
+        unless the cell is already ``done``: a failed re-run never replaces a finished result. Returns
+        whether the row was written."""
+        versions = row.get("versions")
+        attempt = (row["key"], row.get("started"), row.get("finished"), row.get("error"), detail,
+                   json.dumps(versions, sort_keys=True, default=str) if versions is not None else None)
+        values = []
+        for col in CELL_COLUMNS:
+            v = row.get(col)
+            if col in ("config", "metrics", "versions") and v is not None and not isinstance(v, str):
+                v = json.dumps(v, sort_keys=True, default=str)
+            values.append(v)
+        marks = ",".join("?" for _ in CELL_COLUMNS)
+        updates = ",".join(f"{c}=excluded.{c}" for c in CELL_COLUMNS if c != "key")
+        delay, written = 0.05, False
+        for attempt_no in range(20):
+            try:
+                with self._connect() as con:
+                    con.execute("BEGIN IMMEDIATE")
+                    con.execute("INSERT INTO attempts (key, started, finished, error, detail, versions) "
+                                "VALUES (?,?,?,?,?,?)", attempt)
+                    cur = con.execute(f"INSERT INTO cells ({','.join(CELL_COLUMNS)}) VALUES ({marks}) "
+                                      f"ON CONFLICT(key) DO UPDATE SET {updates} WHERE cells.status != 'done'",
+                                      tuple(values))
+                    written = cur.rowcount > 0
+                    con.execute("COMMIT")
+                return written
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt_no == 19:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+        return written
+
+    def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
+        """Failed attempts (every one, also those at cells that are done now), oldest first."""
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            try:
+                if key is None:
+                    rows = con.execute("SELECT * FROM attempts ORDER BY started").fetchall()
+                else:
+                    rows = con.execute("SELECT * FROM attempts WHERE key = ? ORDER BY started", (key,)).fetchall()
+            except sqlite3.OperationalError:  # a store from before attempts were kept (read-only)
+                return []
+        return [_decode(dict(r)) for r in rows]
 
     def get_cell(self, key: str) -> dict[str, Any] | None:
         with self._connect() as con:

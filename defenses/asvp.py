@@ -130,8 +130,8 @@ class Params:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         if self.k_max < 1:
             raise ValueError(f"k_max must be >= 1, got {self.k_max}")
-        if not 0.0 <= self.h < float("inf"):
-            raise ValueError(f"h must be finite and >= 0, got {self.h}")
+        if not 0.0 <= self.h <= 1000.0:  # beyond, float32 features overflow or the top-k vanish in rounding
+            raise ValueError(f"h must be in [0, 1000] (1: no change), got {self.h}")
         if not 0.0 < self.rho < float("inf"):
             raise ValueError(f"rho must be finite and > 0, got {self.rho}")
         if self.window < 1 or self.window % 2 == 0:

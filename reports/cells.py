@@ -49,7 +49,14 @@ def open_store(home: Path | str) -> Any:
     if not (home / "results.sqlite").is_file():
         raise BenchError(f"no results store in {home} (no results.sqlite there); run bench run or bench sweep "
                          "first, or point --home at a store.")
-    return Store(home)
+    try:
+        store = Store(home)
+    except BenchError as exc:
+        if "read-only" not in str(exc) and "cannot create" not in str(exc):
+            raise
+        store = Store(home, readonly=True)  # someone else's store, or a read-only disk: report it as it is
+    store.check()  # a damaged store is reported as damaged, with recovery advice, not as results
+    return store
 
 
 def format_value(v: Any) -> str:

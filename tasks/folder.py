@@ -50,10 +50,14 @@ class FolderParams:
     data: str = param("", "directory holding input/ (degraded) and target/ (clean) images paired by name")
     scale: int = param(1, "target size / input size, in [1, 16] (e.g. 2 or 4 for super-resolution data)")
     y_channel: bool = param(False, "score PSNR/SSIM on the Y channel (BT.601) instead of RGB")
+    max_megapixels: float = param(16.0, "largest target image accepted, in megapixels (every image is scored "
+                                        "whole: a model's features of a 36 MP image take gigabytes)")
 
     def __post_init__(self) -> None:
         if not 1 <= self.scale <= 16:
             raise ValueError(f"parameter 'scale' must lie in [1, 16], got {self.scale}")
+        if not 0 < self.max_megapixels <= 1000:
+            raise ValueError(f"parameter 'max_megapixels' must lie in (0, 1000], got {self.max_megapixels}")
 
 
 def split_sizes(n: int) -> dict[str, int]:
@@ -196,6 +200,11 @@ class Folder(Task):
 
     def _load_pair(self, inp: Path, tgt: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = read_image(inp), read_image(tgt)
+        mp = y.shape[0] * y.shape[1] / 1e6
+        if mp > self.params.max_megapixels:
+            raise BenchError(f"image {tgt} is {y.shape[1]}x{y.shape[0]} ({mp:.1f} MP), over the folder task's limit "
+                             f"of {self.params.max_megapixels:g} MP (each image is scored whole); downscale or "
+                             f"crop it, or raise --set task.max_megapixels={mp:.0f}.")
         s = self.scale
         if y.shape[:2] != (x.shape[0] * s, x.shape[1] * s):
             want = f"{x.shape[1] * s}x{x.shape[0] * s}"

@@ -294,6 +294,7 @@ def test_names_are_escaped_in_html_markdown_and_latex(tmp_path):
     store = Store(tmp_path / "s")
     evil = "<img src=x onerror=alert(1)>&_%$x^$"
     store.put_cell(_cell("e0", evil, {"p": "<b>"}, 0, student=1.0))
+    store.put_cell(_cell("i0", "![i](http://evil.example/p.png)", {}, 0, student=1.0))
     store.put_cell(_cell("f0", "none", {}, 1, student=0.0, status="failed", error="RuntimeError: <script>x</script>"))
     rep = build_report(tmp_path / "s", tmp_path / "out", ("md", "latex", "html"), progress=False)
     page = (tmp_path / "out" / "report.html").read_text()
@@ -301,6 +302,10 @@ def test_names_are_escaped_in_html_markdown_and_latex(tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;&amp;_%" in page and "&lt;script&gt;" in page
     tex = (tmp_path / "out" / "leaderboard.tex").read_text()
     assert r"\textless{}img src=x onerror=alert(1)\textgreater{}\&\_\%" in tex
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert re.search(r"(?<!\\)[<>]", md) is None  # every angle bracket shown literally: no HTML
+    assert r"\<img src=x onerror=alert(1)\>" in md and r"\<script\>" in md
+    assert "![i]" not in md and r"\!\[i\](http://evil.example/p.png)" in md  # no image, no link
     assert rep.tables[0].rows[0].student.ci is None
 
 
