@@ -1,4 +1,4 @@
-"""The ``bench`` command line.
+"""bench: compare defenses against knowledge-distillation attacks on image restoration models.
 
 Every user error is one line on stderr and a non-zero exit (2), never a traceback; ``--debug``
 (or ``BENCH_DEBUG=1``) shows the traceback for bug reports.
@@ -17,7 +17,7 @@ from typing import Any
 from bench import BenchError
 
 
-def _common_cell_args(p: argparse.ArgumentParser) -> None:
+def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) -> None:
     p.add_argument("--task", required=True, help="task name (bench list tasks)")
     p.add_argument("--defense", default="none", help="defense name (bench list defenses); default none")
     p.add_argument("--attack", default="vanilla_kd", help="attack name (bench list attacks)")
@@ -39,9 +39,14 @@ def _common_cell_args(p: argparse.ArgumentParser) -> None:
                         "result's key (a GPU's numbers are not a CPU's)")
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
-    p.add_argument("--budget", type=float, metavar="DB",
-                   help="run the defense at the strength that costs the teacher DB dB PSNR on the calib split "
-                        "(stored calibration, calibrated first if there is none)")
+    if calibrating:
+        p.add_argument("--budget", type=float, metavar="DB", required=True,
+                       help="the teacher cost to calibrate to: the strength whose served teacher loses DB dB PSNR "
+                            "on the calib split is found and stored")
+    else:
+        p.add_argument("--budget", type=float, metavar="DB",
+                       help="run the defense at the strength that costs the teacher DB dB PSNR on the calib split "
+                            "(stored calibration, calibrated first if there is none); default: as set")
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -137,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = [resolve(spec_from_args(args, t)) for t in teacher_seeds(args)]  # all validated before any runs
     for i, cell in enumerate(cells):
         row = run_cell(cell, home=_home(args), force=args.force, progress=True)
-        print(("\n" if i else "") + format_cell(row))
+        print(("\n" if i else "") + format_cell(row) + f"\nstored in {_home(args) / 'results.sqlite'} "
+              f"(bench report --home {_home(args)} for tables and plots)")
     return 0
 
 
@@ -175,9 +181,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench.params import describe, type_name
     from bench.registry import REGISTRIES
 
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    kinds = [args.kind] if args.kind else [*REGISTRIES, "profiles"]
     out = []
     for kind in kinds:
+        if kind == "profiles":
+            out += _profiles_listing()
+            continue
         reg = REGISTRIES[kind]
         out.append(f"{kind}:")
         for info in reg.survey():
@@ -195,12 +204,28 @@ def cmd_list(args: argparse.Namespace) -> int:
                        + (f"  {first}" if first else ""))
             fields = describe(info.cls.Params)
             if fields:
-                rows = [(f.name, type_name(f.type), repr(f.default), f.doc) for f in fields]
+                rows = [(f.name, type_name(f.type) if f.choices is None else "one of " + "|".join(map(str, f.choices)),
+                         repr(f.default), f.doc) for f in fields]
                 table = tabulate(rows, tablefmt="plain")
                 out.extend("      " + line for line in table.splitlines())
         out.append("")
     print("\n".join(out).rstrip())
     return 0
+
+
+def _profiles_listing() -> list[str]:
+    """Every profile with every field's value, and each field's meaning (one table)."""
+    from tabulate import tabulate
+
+    from bench.params import describe
+    from bench.profiles import PROFILES, Profile
+
+    names = list(PROFILES)
+    rows = [(f.name, *[repr(getattr(PROFILES[n], f.name)) for n in names], f.doc)
+            for f in describe(Profile) if f.name != "name"]
+    table = tabulate(rows, headers=("field", *names, "meaning"), tablefmt="plain")
+    return ["profiles:  (quick is the default; change a field with --set profile.FIELD=VALUE)",
+            *("  " + line for line in table.splitlines()), ""]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -245,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("run", help="run one cell: teacher, defense, attack, scores")
+    p = sub.add_parser("run", help="run one cell: teacher, defense, attack, scores",
+                       description="Run one cell of the benchmark: train (or load) the task's teacher, serve it "
+                                   "behind the defense, let the attack steal a student from it, and score teacher "
+                                   "and students on the test split. The result is stored (--home) and printed.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common_cell_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -282,18 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("calibrate", help="find and store the defense strength that costs the teacher "
-                                         "--budget dB on the calib split")
-    _common_cell_args(p)
+                                         "--budget dB on the calib split",
+                       description="Find the strength of the defense at which the served teacher loses --budget dB "
+                                   "PSNR on the calib split (a search that does not assume the cost is monotone), "
+                                   "and store it for bench run/sweep --budget.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common_cell_args(p, calibrating=True)
     p.add_argument("--tol", type=float, metavar="DB",
                    help="stop when the cost is this close to the budget (default: 0.02 dB or a tenth of the "
                         "budget, whichever is smaller)")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("list", help="list plugins with their parameters")
-    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks"])
+    p = sub.add_parser("list", help="list plugins with their parameters, or the profiles",
+                       description="List the installed plugins (defenses, attacks, tasks) with their origin and "
+                                   "parameters, or the profiles with every field (override with --set profile.F=V).")
+    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks", "profiles"])
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("report", help="leaderboards, plots and an HTML page from the store")
+    p = sub.add_parser("report", help="leaderboards, plots and an HTML page from the store",
+                       description="Write the leaderboards (Markdown, LaTeX), cells.csv, plots (PNG, PDF, SVG) and "
+                                   "an HTML page from the finished cells of a store.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--out", help="output folder (default HOME/report)")
     p.add_argument("--format", help="comma-separated subset of md,latex,csv,plots,html (default: all)")
@@ -328,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_sigterm()
     try:
         return func(args)
+    except BrokenPipeError:  # the reader went away (bench list | head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except BenchError as exc:
         if debug:
             raise

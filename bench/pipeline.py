@@ -127,8 +127,32 @@ class Cell:
 
 def make_plugin(registry, name: str, overrides: dict[str, Any], **kwargs: Any) -> Any:
     cls = registry.get(name)
-    params = build(cls.Params, overrides, owner=f"{registry.kind} '{name}'")
+    try:
+        params = build(cls.Params, overrides, owner=f"{registry.kind} '{name}'")
+    except BenchError as exc:
+        raise BenchError(str(exc) + _elsewhere(registry, name, overrides)) from None
     return cls(params, **kwargs)
+
+
+def _elsewhere(registry, name: str, overrides: dict[str, Any]) -> str:
+    """For a parameter this plugin lacks: which plugins of its kind have it (``scale`` on derain: sr and
+    folder have it; ``--data`` is the folder task's)."""
+    from bench.params import describe
+
+    declared = {f.name for f in describe(registry.get(name).Params)}
+    hints = []
+    for key in (k for k in overrides if k not in declared):
+        owners = []
+        for other in registry.names():
+            try:
+                if other != name and key in {f.name for f in describe(registry.get(other).Params)}:
+                    owners.append(other)
+            except BenchError:  # a broken plugin has no parameters to offer
+                continue
+        if owners:
+            hints.append(f" '{key}' is a parameter of {registry.kind} {', '.join(owners)}"
+                         + (" (paired images of your own: --task folder --data DIR)" if key == "data" else "") + ".")
+    return "".join(hints)
 
 
 def resolve(spec: CellSpec) -> Cell:

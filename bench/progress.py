@@ -1,7 +1,9 @@
-"""Progress bars (tqdm on stderr) with a stage label and an estimate.
+"""Progress (tqdm on stderr) with a stage label and an estimate.
 
-Shown when stderr is a terminal; ``BENCH_PROGRESS=1`` forces them on (``0`` off). Sweeps turn the
-per-cell bars off in workers and show one bar over cells instead.
+On a terminal, live bars; anywhere else (a log file, a pipe, CI, ``nohup``) plain lines, one at the
+start, then at most one every 30 s and one at the end, so a log shows a long run moving. ``BENCH_PROGRESS=0``
+turns both off, ``1`` forces live bars. Sweeps turn the per-cell bars off in workers and show one bar over
+jobs instead.
 """
 
 from __future__ import annotations
@@ -13,19 +15,44 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+#: seconds between two progress lines when stderr is not a terminal
+LINE_INTERVAL = 30.0
+
 
 def enabled(requested: bool = True) -> bool:
     if not requested:
         return False
     env = os.environ.get("BENCH_PROGRESS", "").strip().lower()
-    if env in ("0", "false", "no", "off"):
-        return False
-    if env in ("1", "true", "yes", "on"):
+    return env not in ("0", "false", "no", "off")
+
+
+def live() -> bool:
+    """Live bars (redrawn in place) on a terminal or with BENCH_PROGRESS=1; else lines."""
+    env = os.environ.get("BENCH_PROGRESS", "").strip().lower()
+    return env in ("1", "true", "yes", "on") or sys.stderr.isatty()
+
+
+class LineProgress(tqdm):
+    """tqdm for a log file or a pipe: whole lines (never a carriage return), rate-limited."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(mininterval=LINE_INTERVAL, maxinterval=LINE_INTERVAL, ascii=True, dynamic_ncols=False,
+                      ncols=100, leave=True)
+        super().__init__(*args, **kwargs)
+
+    def clear(self, nolock: bool = False) -> None:  # nothing to erase in a log
+        return None
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        text = (self.__str__() if msg is None else msg).strip("\r\n ")
+        if text:
+            self.fp.write(text + "\n")
+            self.fp.flush()
         return True
-    return sys.stderr.isatty()
 
 
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
         show: bool = True, unit: str = "it", leave: bool = False) -> Any:
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled(show), unit=unit,
-                leave=leave, dynamic_ncols=True, file=sys.stderr)
+    cls = tqdm if live() else LineProgress
+    return cls(iterable, total=total, desc=desc, disable=not enabled(show), unit=unit,
+               leave=leave, dynamic_ncols=True, file=sys.stderr)

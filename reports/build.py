@@ -107,6 +107,8 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
     jobs = []
     for (profile, task), g in done.groupby(["profile_label", "task_label"], sort=True):
         title = f"{task} (profile {profile})"
+        if set(g["defense_base"]) <= {"none"}:  # nothing to compare: an empty chart helps no one
+            continue
         jobs.append(("tradeoff", profile, task, g, title, None))
         jobs.append(("bars", profile, task, g, title, None))
     for t in (t for t in tables if not t.derived):
@@ -117,22 +119,30 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
         while name in used:
             name += "_"
         used.add(name)
+        vectors: dict[str, bytes] = {}
         if kind == "tradeoff":
-            image = plots.tradeoff(g, title)
+            vectors = plots.tradeoff(g, title)
             caption = (f"{task}, profile {profile}: teacher PSNR drop against student PSNR drop, one curve per "
-                       "defense over its strengths or budgets, per attack; error bars are 95 % CIs over seeds.")
+                       "defense over its strengths (points at calibrated budgets sit at their test cost), per "
+                       "attack; the title says what the error bars are (none with one seed pair).")
         elif kind == "bars":
-            image = plots.bars(g, title)
-            caption = f"{task}, profile {profile}: student PSNR drop per defense and attack (95 % CI over seeds)."
+            vectors = plots.bars(g, title)
+            caption = (f"{task}, profile {profile}: student PSNR drop per defense and attack; the title says what "
+                       "the error bars are (none with one seed pair).")
         else:
             chosen = grid_mod.chosen_cells(table, g)
             notes += grid_mod.missing_images(home, chosen, title)
             image = grid_mod.grid(home, chosen, title)
+            upscaled = bool(g.loc[g["task_label"] == task, "task"].eq("sr").any()) if "task" in g else False
             caption = (f"{task}, attack {table.attack}, profile {profile}: one test image through the teacher, the "
-                       "served teacher and the students stolen from each (SR input: bicubic).")
+                       "served teacher and the students stolen from each"
+                       + (" (the input shown bicubic-upsampled to the output size)." if upscaled else "."))
+        if vectors:
+            image = vectors.pop("png")
         jpeg = kind == "grid"
         out.append(Figure(profile=profile, task=task, kind=kind, caption=caption, image=image,
-                          filename=f"{name}.jpg" if jpeg else f"{name}.png", dpi=grid_mod.GRID_DPI if jpeg else 200))
+                          filename=f"{name}.jpg" if jpeg else f"{name}.png", dpi=grid_mod.GRID_DPI if jpeg else 200,
+                          vectors=vectors))
     return out, notes
 
 
@@ -170,6 +180,8 @@ def build_report(home: Path | str, out: Path | str | None = None, formats: tuple
     if "plots" in formats:
         for f in report.figures:
             write(f"plots/{f.filename}", f.image)
+            for fmt, data in f.vectors.items():  # PDF and SVG: the figures a LaTeX paper includes
+                write(f"plots/{Path(f.filename).stem}.{fmt}", data)
     if "html" in formats:
         page = html_mod.page(tables, report.figures, failed, report.messages, store=store, n_done=n_done,
                              generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))

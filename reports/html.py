@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -50,6 +50,8 @@ class Figure:
     filename: str
     image: bytes
     dpi: int = 200
+    #: the same figure as vector graphics for LaTeX and the web ({"pdf": bytes, "svg": bytes}); plots only
+    vectors: dict[str, bytes] = field(default_factory=dict)
 
 
 def esc(text: object) -> str:

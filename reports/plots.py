@@ -29,7 +29,9 @@ from reports.stats import Estimate, mean_ci
 PRINT_STYLE = {
     "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
     "legend.fontsize": 9, "figure.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6,
-    "lines.linewidth": 1.6, "lines.markersize": 6, "savefig.dpi": 200, "axes.spines.top": False,
+    "lines.linewidth": 1.6, "lines.markersize": 6, "savefig.dpi": 200,
+    "axes.spines.top": False,
+    "svg.fonttype": "none", "pdf.fonttype": 42,  # text stays text (searchable, editable) in SVG and PDF
     "axes.spines.right": False,
     "text.parse_math": False,  # names are shown as written: a '$' in a parameter must not start mathtext
 }
@@ -59,6 +61,24 @@ def png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
+
+
+def rendered(fig: Any) -> dict[str, bytes]:
+    """The figure as PNG (HTML, slides) and as PDF and SVG (vector: what a LaTeX paper includes)."""
+    out = {"png": png_bytes(fig)}
+    for fmt in ("pdf", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, facecolor="white", metadata={"Date": None} if fmt == "pdf" else None)
+        out[fmt] = buf.getvalue()
+    return out
+
+
+def interval_note(counts: list[int]) -> str:
+    """What the error bars are, honestly: none drawn when every point rests on one seed pair."""
+    n = min(counts) if counts else 0
+    if max(counts or [0]) <= 1:
+        return "one seed pair per point: no interval can be drawn (n = 1)"
+    return f"error bars: 95 % CI over seed pairs (n = {n}" + (f" to {max(counts)}" if max(counts) != n else "") + ")"
 
 
 def jpeg_bytes(fig: Any, dpi: int, quality: int = 90) -> bytes:
@@ -99,7 +119,7 @@ def _points(g: pd.DataFrame) -> list[dict[str, Any]]:
     for _, c in g.groupby("config_id", sort=False):
         first = c.iloc[0]
         if not pd.isna(first["budget_db"]):
-            text = f"{format_value(float(first['budget_db']))} dB"
+            text = f"budget {format_value(float(first['budget_db']))} dB"  # where it sits is its test cost
         elif isinstance(first["strength_param"], str) and not pd.isna(first["strength"]):
             text = f"{first['strength_param']}={format_value(float(first['strength']))}"
         else:
@@ -109,7 +129,7 @@ def _points(g: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(pts, key=lambda p: (p["teacher"].mean, p["student"].mean))
 
 
-def tradeoff(cells: pd.DataFrame, title: str) -> bytes:
+def tradeoff(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
     """Teacher drop (x) against student drop (y) for the finished cells of one (profile, task).
 
     Per attack panel, per defense family: a solid curve through its set strengths and a dashed curve with
@@ -125,6 +145,7 @@ def tradeoff(cells: pd.DataFrame, title: str) -> bytes:
         fig = new_figure(4.6 * ncols, 3.8 * nrows + 0.6)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         handles = {}
+        counts: list[int] = []
         for ax, attack in zip(axes, attacks):
             sub = cells[cells["attack_label"] == attack]
             for fam in families:
@@ -134,9 +155,12 @@ def tradeoff(cells: pd.DataFrame, title: str) -> bytes:
                     if part.empty:
                         continue
                     pts = _points(part)
+                    counts += [p["student"].n for p in pts]
                     name = f"{fam} @ budgets" if calibrated else fam
+                    one = all(p["student"].n <= 1 for p in pts)  # no interval exists: draw none, not a zero cap
                     h = ax.errorbar([p["teacher"].mean for p in pts], [p["student"].mean for p in pts],
-                                    xerr=[_ci(p["teacher"]) for p in pts], yerr=[_ci(p["student"]) for p in pts],
+                                    xerr=None if one else [_ci(p["teacher"]) for p in pts],
+                                    yerr=None if one else [_ci(p["student"]) for p in pts],
                                     color=color, marker=marker, capsize=3, elinewidth=1,
                                     markersize=8 if fam == "none" else 6,
                                     markerfacecolor="white" if calibrated else color,
@@ -155,15 +179,14 @@ def tradeoff(cells: pd.DataFrame, title: str) -> bytes:
             ax.set_ylabel(STUDENT_AXIS)
         for ax in axes[len(attacks):]:
             ax.set_visible(False)
-        fig.suptitle(f"{title}: teacher cost vs student harm\n"
-                     "(error bars: 95 % CI over seeds; dashed grey: equal drops)")
+        fig.suptitle(f"{title}: teacher cost vs student harm\n({interval_note(counts)}; dashed grey: equal drops)")
         if handles:
             fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                        ncols=legend_columns(list(handles), 4.6 * ncols), title="Defense")
-        return png_bytes(fig)
+        return rendered(fig)
 
 
-def bars(cells: pd.DataFrame, title: str) -> bytes:
+def bars(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
     """Student drop per defense configuration (x) and attack (colour), for one (profile, task). A defense the
     attack cannot see gets no bar for that attack."""
     from matplotlib import colormaps
@@ -184,6 +207,7 @@ def bars(cells: pd.DataFrame, title: str) -> bytes:
     with style():
         fig = new_figure(max(4.5, 0.9 * n * max(1, k * 0.6) + 1.5), 4.2)
         ax = fig.subplots()
+        counts: list[int] = []
         for j, attack in enumerate(attacks):
             means, errs, xs = [], [], []
             for i, cid in enumerate(configs["config_id"]):
@@ -191,16 +215,17 @@ def bars(cells: pd.DataFrame, title: str) -> bytes:
                 if g.empty:
                     continue
                 e = mean_ci(g["student_drop_db"])
+                counts.append(e.n)
                 xs.append(i + (j - (k - 1) / 2) * width)
                 means.append(e.mean)
                 errs.append(_ci(e))
-            ax.bar(xs, means, width=width * 0.95, yerr=errs, capsize=3, color=cmap(j % 10), label=attack,
-                   error_kw={"elinewidth": 1})
+            ax.bar(xs, means, width=width * 0.95, yerr=errs if any(errs) else None, capsize=3, color=cmap(j % 10),
+                   label=attack, error_kw={"elinewidth": 1})
         ax.axhline(0, color="0.2", linewidth=0.8)
         ax.set_xticks(range(n), labels, rotation=30, ha="right")
         ax.set_ylabel("Student PSNR drop (dB)")
         ax.set_xlabel("Defense")
         ax.grid(axis="x", visible=False)
-        ax.set_title(f"{title}: student drop per defense\n(bars: mean over seeds; error bars: 95 % CI)")
+        ax.set_title(f"{title}: student drop per defense\n(bars: mean over seed pairs; {interval_note(counts)})")
         ax.legend(title="Attack", loc="best")
-        return png_bytes(fig)
+        return rendered(fig)

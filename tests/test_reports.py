@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections import defaultdict
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -167,7 +168,12 @@ def test_every_plot_is_a_valid_nonblank_image(report):
     names = {f.name for f in files}
     for task in TASKS:
         assert {f"tradeoff-{task}-smoke.png", f"bars-{task}-smoke.png", f"grid-{task}-vanilla_kd-smoke.jpg"} <= names
-    for f in files:
+        for kind in ("tradeoff", "bars"):  # vector versions for LaTeX (PDF) and the web (SVG)
+            pdf = (report.out / "plots" / f"{kind}-{task}-smoke.pdf").read_bytes()
+            assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]
+            svg = ElementTree.fromstring((report.out / "plots" / f"{kind}-{task}-smoke.svg").read_bytes())
+            assert svg.tag.endswith("svg")
+    for f in (f for f in files if f.suffix in (".png", ".jpg")):
         assert f.stat().st_size > 0
         with Image.open(f) as im:
             im.verify()
@@ -364,3 +370,21 @@ def test_one_seed_sweep_is_summarised_not_listed(tmp_path):
     rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
     (msg,) = [m for m in rep.messages if "one seed only" in m]
     assert msg.startswith("every configuration (3) has one seed only") and "blurry" not in msg
+
+
+def test_one_seed_pair_draws_no_interval_and_says_so(tmp_path):
+    store = Store(tmp_path / "s")
+    store.put_cell(_cell("n0", "none", {}, 0, student=0.0, teacher=0.0))
+    for i, h in enumerate((1.5, 2.0)):
+        store.put_cell(_cell(f"a{i}", "asvp", {"h": h}, 0, student=1.0 + i, teacher=0.2 + i))
+    build_report(tmp_path / "s", tmp_path / "out", ("plots",), progress=False)
+    for kind in ("tradeoff", "bars"):
+        text = (tmp_path / "out" / "plots" / f"{kind}-derain-smoke.svg").read_text()
+        assert "no interval can be drawn (n = 1)" in text and "95 % CI" not in text
+
+
+def test_a_store_of_the_undefended_teacher_alone_draws_no_empty_chart(tmp_path):
+    store = Store(tmp_path / "s")
+    store.put_cell(_cell("n0", "none", {}, 0, student=0.0, teacher=0.0))
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("plots",), progress=False)
+    assert not [f for f in rep.figures if f.kind in ("tradeoff", "bars")]
