@@ -376,6 +376,9 @@ def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifact
     key = config_key(config)
     student = _seeded_build(cell.student_arch, 0)
     info = artifacts.read_info(key)  # a damaged config.json means: train it again
+    if info is None and (artifacts.dir(key) / "model.pt").exists():
+        print(f"warning: {artifacts.dir(key) / 'config.json'} is unreadable; retraining that reference student",
+              file=sys.stderr)
     if not force and info is not None and artifacts.load_model(key, student):
         student.eval()
         return student, int(info.get("queries_used", cell.attack.budget(cell.profile)))

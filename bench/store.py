@@ -133,9 +133,10 @@ class Store:
     def check(self) -> None:
         """A one-line error, with recovery advice, if SQLite finds the store damaged."""
         with self._connect() as con:
-            problems = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+            problems = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall()]
         if problems != ["ok"]:
-            raise BenchError(f"the results store {self.path} is damaged ({problems[0]}). {self._recovery()}")
+            first = next((p for p in problems if not p.startswith("***")), problems[0]).splitlines()[0]
+            raise BenchError(f"the results store {self.path} is damaged ({first}). {self._recovery()}")
 
     def _write(self, sql: str, args: tuple) -> None:
         delay = 0.05
