@@ -40,9 +40,10 @@ def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) 
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     if calibrating:
-        p.add_argument("--budget", type=float, metavar="DB", required=True,
-                       help="the teacher cost to calibrate to: the strength whose served teacher loses DB dB PSNR "
-                            "on the calib split is found and stored")
+        # required, but checked in cmd_calibrate: one line of error, not argparse's usage block
+        p.add_argument("--budget", type=float, metavar="DB",
+                       help="required: the teacher cost to calibrate to; the strength whose served teacher loses "
+                            "DB dB PSNR on the calib split is found and stored")
     else:
         p.add_argument("--budget", type=float, metavar="DB",
                        help="run the defense at the strength that costs the teacher DB dB PSNR on the calib split "

@@ -83,11 +83,23 @@ class Store:
             except OSError as exc:
                 raise BenchError(f"cannot create the store folder {self.home}: {exc.strerror}; "
                                  "pass a writable --home DIR.") from None
-        if self.path.exists() and self.path.stat().st_size == 0:
+        if self._lost():
             raise BenchError(f"{self.path} is empty (0 bytes): its results were lost. {self._recovery()}")
         if not readonly:
             with self._connect() as con:
                 con.executescript(SCHEMA)
+
+    def _lost(self) -> bool:
+        """A 0-byte file that stays so: a store another process is creating this instant is 0 bytes for a
+        few milliseconds, one whose content was lost stays 0 bytes."""
+        for _ in range(30):
+            try:
+                if self.path.stat().st_size > 0:
+                    return False
+            except FileNotFoundError:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _recovery(self) -> str:
         return (f"Move it aside (mv {self.path} {self.path}.damaged) and re-run: the trained models under "
