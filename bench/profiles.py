@@ -37,8 +37,9 @@ class Profile:
                                       "owner's, with degradations of their own)", choices=CALIB_POOLS)
     calib_draws: int = param(8, "degradation draws per calib photograph (0: variants); 8 made calibrated costs "
                                 "transfer to test better than 2 (docs/results/verdict-derain)")
-    precision: str = param("fp32", "training forward passes in float32 (fp32) or bfloat16 autocast (bf16); "
-                                   "part of every key through the numerics (bench.numerics)",
+    precision: str = param("fp32", "training forward passes in float32 (fp32) or bfloat16 autocast (bf16; its "
+                                   "effect on the metrics is not measured yet: do not rely on it); part of "
+                                   "every key through the numerics (bench.numerics)",
                            choices=("fp32", "bf16"))
     answer_bits: int = param(8, "bits per channel of a served answer: rounded to multiples of 1/(2^bits - 1) "
                                 "as an image is (8: 1/255); 0: float answers")
