@@ -150,31 +150,29 @@ class Store:
             first = next((p for p in problems if not p.startswith("***")), problems[0]).splitlines()[0]
             raise BenchError(f"the results store {self.path} is damaged ({first}). {self._recovery()}")
 
-    def _write(self, sql: str, args: tuple) -> None:
+    def _transaction(self, work: Any) -> Any:
+        """``work(connection)`` in one immediate transaction, retried while another writer holds the lock."""
         delay = 0.05
         for attempt in range(20):
             try:
                 with self._connect() as con:
                     con.execute("BEGIN IMMEDIATE")
-                    con.execute(sql, args)
+                    result = work(con)
                     con.execute("COMMIT")
-                return
+                return result
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 19:
                     raise
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
+        return None
+
+    def _write(self, sql: str, args: tuple) -> None:
+        self._transaction(lambda con: con.execute(sql, args))
 
     def put_cell(self, row: dict[str, Any]) -> None:
-        values = []
-        for col in CELL_COLUMNS:
-            v = row.get(col)
-            if col in ("config", "metrics", "versions") and v is not None and not isinstance(v, str):
-                v = json.dumps(v, sort_keys=True, default=str)
-            values.append(v)
         marks = ",".join("?" for _ in CELL_COLUMNS)
-        self._write(f"INSERT OR REPLACE INTO cells ({','.join(CELL_COLUMNS)}) VALUES ({marks})",
-                    tuple(values))
+        self._write(f"INSERT OR REPLACE INTO cells ({','.join(CELL_COLUMNS)}) VALUES ({marks})", _cell_values(row))
 
     def put_failure(self, row: dict[str, Any], detail: str | None = None) -> bool:
         """Record a failed attempt at a cell (always kept, in ``attempts``) and make ``row`` the cell's row
@@ -183,33 +181,17 @@ class Store:
         versions = row.get("versions")
         attempt = (row["key"], row.get("started"), row.get("finished"), row.get("error"), detail,
                    json.dumps(versions, sort_keys=True, default=str) if versions is not None else None)
-        values = []
-        for col in CELL_COLUMNS:
-            v = row.get(col)
-            if col in ("config", "metrics", "versions") and v is not None and not isinstance(v, str):
-                v = json.dumps(v, sort_keys=True, default=str)
-            values.append(v)
         marks = ",".join("?" for _ in CELL_COLUMNS)
         updates = ",".join(f"{c}=excluded.{c}" for c in CELL_COLUMNS if c != "key")
-        delay, written = 0.05, False
-        for attempt_no in range(20):
-            try:
-                with self._connect() as con:
-                    con.execute("BEGIN IMMEDIATE")
-                    con.execute("INSERT INTO attempts (key, started, finished, error, detail, versions) "
-                                "VALUES (?,?,?,?,?,?)", attempt)
-                    cur = con.execute(f"INSERT INTO cells ({','.join(CELL_COLUMNS)}) VALUES ({marks}) "
-                                      f"ON CONFLICT(key) DO UPDATE SET {updates} WHERE cells.status != 'done'",
-                                      tuple(values))
-                    written = cur.rowcount > 0
-                    con.execute("COMMIT")
-                return written
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt_no == 19:
-                    raise
-                time.sleep(delay)
-                delay = min(1.0, delay * 2)
-        return written
+
+        def work(con: sqlite3.Connection) -> bool:
+            con.execute("INSERT INTO attempts (key, started, finished, error, detail, versions) VALUES (?,?,?,?,?,?)",
+                        attempt)
+            cur = con.execute(f"INSERT INTO cells ({','.join(CELL_COLUMNS)}) VALUES ({marks}) ON CONFLICT(key) DO "
+                              f"UPDATE SET {updates} WHERE cells.status != 'done'", _cell_values(row))
+            return cur.rowcount > 0
+
+        return bool(self._transaction(work))
 
     def attempts(self, key: str | None = None) -> list[dict[str, Any]]:
         """Failed attempts (every one, also those at cells that are done now), oldest first."""
@@ -268,6 +250,17 @@ class Store:
             flat["config"] = r.get("config")
             rows.append(flat)
         return pd.DataFrame(rows)
+
+
+def _cell_values(row: dict[str, Any]) -> tuple:
+    """A row's values in ``CELL_COLUMNS`` order, JSON columns encoded."""
+    values = []
+    for col in CELL_COLUMNS:
+        v = row.get(col)
+        if col in ("config", "metrics", "versions") and v is not None and not isinstance(v, str):
+            v = json.dumps(v, sort_keys=True, default=str)
+        values.append(v)
+    return tuple(values)
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
