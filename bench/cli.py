@@ -247,7 +247,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     grid.check_size(args.max_cells or MAX_CELLS)
     device = resolve_device(args.device)
-    specs = [dataclasses.replace(s, device=device) for s in grid.specs()]
+    specs = [dataclasses.replace(s, device=device, teacher=args.teacher, weights=args.weights, student=args.student)
+             for s in grid.specs()]
     result = run_sweep(specs, home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
                        address=args.address, force=args.force, progress=True, jobs_per_gpu=args.jobs_per_gpu)
     print(format_summary(result))
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
                         "result's key (a GPU's numbers are not a CPU's)")
+    p.add_argument("--teacher", metavar="PACKAGE.MODULE:FACTORY",
+                   help="your own teacher for every cell: FACTORY() returns the nn.Module (default: the reference)")
+    p.add_argument("--weights", metavar="FILE", help="state dict for --teacher, used as is (without it the suite "
+                                                     "trains your teacher, per task and teacher seed)")
+    p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
+                   help="the attackers' student architecture for every cell (default: the reference student)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
     p.add_argument("--max-cells", type=int, metavar="N",
                    help="refuse grids of more than N cells (default 20000: a guard against typos in ranges)")

@@ -255,6 +255,17 @@ def test_external_teacher_and_student_on_builtin_sr(capsys, ext, shared_home):
     assert "sr · asvp" in out and f"student {name}:make" in out
 
 
+def test_a_sweep_runs_a_grid_on_your_own_models(capsys, ext, tmp_path):
+    name, _, weights = ext
+    code, out, err = run(capsys, "sweep", "--tasks", "sr", "--defenses", "none,asvp", "--seeds", "0,1",
+                         "--teacher", f"{name}:make", "--weights", str(weights["x2"]), "--student", f"{name}:make",
+                         "--set", "defense.layers=enc,dec", "--profile", "smoke", "--home", str(tmp_path))
+    assert code == 0, err
+    rows = Store(tmp_path).cells()
+    assert len(rows) == 4 and all(r["config"]["teacher_model"]["factory"] == f"{name}:make" and
+                                  r["config"]["student_model"]["factory"] == f"{name}:make" for r in rows)
+
+
 def test_external_teacher_without_weights_is_trained_and_cached(ext, shared_home):
     from bench.pipeline import run_cell
 
