@@ -171,6 +171,31 @@ def build(params_cls: type, overrides: dict[str, Any] | None, *, owner: str) -> 
     return instance
 
 
+def format_value(v: Any) -> str:
+    """A parameter value as a reader writes it: 1.5, 2 (also for "2.0" given on the command line), middle,
+    [a,b], true."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        try:
+            number = float(v)
+        except ValueError:
+            return v
+        return f"{number:g}" if number == number and abs(number) != float("inf") else v
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return v[0] if len(v) == 1 and isinstance(v[0], str) else "[" + ",".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def label(name: str, items: Any) -> str:
+    """``asvp (h=2, layout=spatial)``: a plugin with the parameters that tell it apart, the one form used by
+    sweeps, summaries and reports."""
+    parts = [f"{k}={format_value(v)}" for k, v in items]
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
 def as_dict(params: Any) -> dict[str, Any]:
     """Plain JSON-able dict of a params instance (tuples become lists), for configs and hashes."""
     out = {}

@@ -62,6 +62,7 @@ from bench.api import Defense
 from bench.cache import Artifacts, config_key
 from bench.calibrate import calibrated_cell
 from bench.numerics import on_device, resolve_device
+from bench.params import label as plugin_label
 from bench.pipeline import (
     Cell,
     CellSpec,
@@ -447,7 +448,7 @@ def backend_config(backend: str, n_jobs: int, address: str | None) -> Iterator[t
 def label(cell: Cell) -> str:
     """``task · defense(params) · attack · seed N [· budget B dB]`` from the cell's own overrides."""
     def named(name: str, params: dict[str, Any]) -> str:
-        return name + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+        return plugin_label(name, sorted(params.items()))
 
     s = cell.spec
     parts = [named(s.task, {k: v for k, v in s.task_params.items() if k != "data"}),

@@ -19,7 +19,6 @@ Reads ``<home>/results.sqlite`` through :meth:`bench.store.Store.dataframe` and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ import pandas as pd
 
 from bench import BenchError
 from bench.cache import canonical_json
+from bench.params import format_value as params_format_value
+from bench.params import label as params_label
 
 #: per-cell metrics the reports aggregate (all in the store's ``metrics`` JSON)
 DROPS = ("teacher_drop_db", "student_drop_db", "student_ssim_drop_pct")
@@ -59,20 +60,9 @@ def open_store(home: Path | str) -> Any:
     return store
 
 
-def format_value(v: Any) -> str:
-    """A parameter value as a reader writes it: 1.5, middle, [a,b], true."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return v[0] if len(v) == 1 and isinstance(v[0], str) else "[" + ",".join(format_value(x) for x in v) + "]"
-    return str(v)
-
-
-def label(name: str, items: Iterable[tuple[str, Any]]) -> str:
-    items = [f"{k}={format_value(v)}" for k, v in items]
-    return f"{name} ({', '.join(items)})" if items else name
+# one way to write a configuration, shared with the sweep's progress and summary (bench.params)
+format_value = params_format_value
+label = params_label
 
 
 def _component(config: Any, part: str) -> dict[str, Any]:

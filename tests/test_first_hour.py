@@ -67,3 +67,12 @@ def test_calibrate_says_its_budget_is_required(capsys):
 def test_hints_point_to_the_plugin_that_has_the_parameter(tmp_path, capsys, args, words):
     assert main(["run", "--task", "derain", "--profile", "smoke", *args, "--home", str(tmp_path)]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_sweeps_and_reports_write_a_configuration_alike():
+    from bench.pipeline import CellSpec, resolve
+    from bench.scheduler import label as sweep_label
+    from reports.cells import label as report_label
+
+    cell = resolve(CellSpec(task="derain", defense="asvp", defense_params={"h": "2.0"}, profile="smoke"))
+    assert "asvp (h=2)" in sweep_label(cell) and report_label("asvp", [("h", 2.0)]) == "asvp (h=2)"

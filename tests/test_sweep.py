@@ -286,9 +286,10 @@ def test_two_sweeps_at_once_on_one_store_and_failing_cells(tmp_path):
     a = subprocess.Popen(bench_cmd(*common, "--defenses", "none,explode,asvp,diverge,crash", "--n-jobs", "2",
                                    home=tmp_path), env=env(PYTHONPATH=plugins),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # both with one torch thread per job (--n-jobs 2), so the cell they share has one key (threads are keyed)
     b = subprocess.Popen(bench_cmd(*common, "--defenses", "none,asvp", "--seeds", "0,1", "--set", "defense.h=2",
-                                   home=tmp_path), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                                   "--n-jobs", "2", home=tmp_path), env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     (out_a, err_a), (out_b, err_b) = (p.communicate(timeout=300) for p in (a, b))
     assert b.returncode == 0, err_b
     assert a.returncode == 1, err_a
