@@ -17,6 +17,20 @@ from typing import Any
 from bench import BenchError
 
 
+class DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Shows an option's default once: appended as ``(default: X)`` where its help does not already say
+    it in its own words (``default none``, ``auto (default: CUDA where ...)``), and not at all where there
+    is nothing to say (no value, a flag that is off, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is argparse.SUPPRESS or default is False
+                or default == [] or action.required):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) -> None:
     p.add_argument("--task", required=True, help="task name (bench list tasks)")
     p.add_argument("--defense", default="none", help="defense name (bench list defenses); default none")
@@ -276,14 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one cell of the benchmark: train (or load) the task's teacher, serve it "
                                    "behind the defense, let the attack steal a student from it, and score teacher "
                                    "and students on the test split. The result is stored (--home) and printed.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsOnceFormatter)
     _common_cell_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="run a grid of cells in stages, in parallel, resuming from the store",
                        description="Run every cell of a grid (flags, or a YAML grid file: see grids/). "
                                    "Finished cells are skipped; a failed cell is stored with its error and the "
-                                   "sweep goes on (exit 1 lists them).")
+                                   "sweep goes on (exit 1 lists them).",
+                       formatter_class=DefaultsOnceFormatter)
     p.add_argument("grid", nargs="?", help="YAML grid file (flags given here replace its axes)")
     p.add_argument("--tasks", help="comma-separated task names, or all (default: all)")
     p.add_argument("--defenses", help="comma-separated defense names, or all (default: all)")
@@ -323,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Find the strength of the defense at which the served teacher loses --budget dB "
                                    "PSNR on the calib split (a search that does not assume the cost is monotone), "
                                    "and store it for bench run/sweep --budget.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsOnceFormatter)
     _common_cell_args(p, calibrating=True)
     p.add_argument("--tol", type=float, metavar="DB",
                    help="stop when the cost is this close to the budget (default: 0.02 dB or a tenth of the "
@@ -332,14 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list plugins with their parameters, or the profiles",
                        description="List the installed plugins (defenses, attacks, tasks) with their origin and "
-                                   "parameters, or the profiles with every field (override with --set profile.F=V).")
+                                   "parameters, or the profiles with every field (override with --set profile.F=V).",
+                       formatter_class=DefaultsOnceFormatter)
     p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks", "profiles"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="leaderboards, plots and an HTML page from the store",
                        description="Write the leaderboards (Markdown, LaTeX), cells.csv, plots (PNG, PDF, SVG) and "
                                    "an HTML page from the finished cells of a store.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsOnceFormatter)
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--out", help="output folder (default HOME/report)")
     p.add_argument("--format", help="comma-separated subset of md,latex,csv,plots,html (default: all)")

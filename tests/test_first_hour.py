@@ -4,6 +4,7 @@ the right way, where a result went."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -76,3 +77,20 @@ def test_sweeps_and_reports_write_a_configuration_alike():
 
     cell = resolve(CellSpec(task="derain", defense="asvp", defense_params={"h": "2.0"}, profile="smoke"))
     assert "asvp (h=2)" in sweep_label(cell) and report_label("asvp", [("h", 2.0)]) == "asvp (h=2)"
+
+
+# ------------------------------------------------------------------------------------ help: defaults once
+@pytest.mark.parametrize("command", ["run", "calibrate", "sweep", "report", "list"])
+def test_help_states_every_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert not [line for line in text.splitlines() if line.count("(default:") > 1], text
+    options = re.split(r"\n(?=  -)", text.split("options:", 1)[1])  # one block per option, wrapped lines joined
+    for block in options:
+        assert " ".join(block.split()).lower().count("default") <= 1, block
+    assert "(default: None)" not in text and "(default: [])" not in text and "(default: False)" not in text
+    if command in ("run", "calibrate", "sweep"):
+        device = next(b for b in options if b.strip().startswith("--device"))
+        assert "auto (default:" in device and "(default: auto)" not in device
+
