@@ -97,10 +97,13 @@ def spec_from_args(args: argparse.Namespace, teacher_seed: int | None = None) ->
                     device=resolve_device(args.device))
 
 
-def format_cell(row: dict[str, Any]) -> str:
+def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
+    """One cell's result as ``bench run`` prints it: scores, drops, notes, and a remark on any result that
+    looks wrong and is not (:mod:`bench.remarks`); ``has_sets``: the run had --set flags (named in a hint)."""
     from tabulate import tabulate
 
     from bench.calibrate import transfer_warning
+    from bench.remarks import cell_remarks
 
     m = row["metrics"]
     rows = [
@@ -148,7 +151,9 @@ def format_cell(row: dict[str, Any]) -> str:
             print(f"warning: {row['task']} · {row['defense']}: {warning}", file=sys.stderr)
     if m.get("student_shortcut"):
         notes.append("answers unchanged for this attack: defended student = reference student")
-    return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + f"\nkey {row['key']}"
+    remarks = "".join(f"\nremark: {r}" for r in cell_remarks(m, task=row["task"], defense=row["defense"],
+                                                              profile=row["profile"], has_sets=has_sets))
+    return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + remarks + f"\nkey {row['key']}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -157,8 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = [resolve(spec_from_args(args, t)) for t in teacher_seeds(args)]  # all validated before any runs
     for i, cell in enumerate(cells):
         row = run_cell(cell, home=_home(args), force=args.force, progress=True)
-        print(("\n" if i else "") + format_cell(row) + f"\nstored in {_home(args) / 'results.sqlite'} "
-              f"(bench report --home {_home(args)} for tables and plots)")
+        print(("\n" if i else "") + format_cell(row, has_sets=bool(args.sets))
+              + f"\nstored in {_home(args) / 'results.sqlite'} (bench report --home {_home(args)} for tables "
+              "and plots)")
     return 0
 
 

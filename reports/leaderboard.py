@@ -190,7 +190,7 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
         table = Table(profile=first["profile_label"], task=first["task_label"], attack=first["attack_label"],
                       attack_access=first["attack_access"] if isinstance(first["attack_access"], str) else None,
                       rows=rows, ids=(profile_id, task_id, attack_id), ref_psnr=mean_ci(grp["student_ref_psnr"]).mean)
-        table.notes = _notes(table, grp, fail_here, has_floor=bool(floor)) + notes
+        table.notes = _notes(table, grp, fail_here, has_floor=bool(floor)) + notes + remarks(table, grp)
         tables.append(table)
     tables.sort(key=lambda t: (t.profile, t.task, t.attack))
     return tables + strongest_attack_tables(tables)
@@ -436,6 +436,44 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
         listed_failed = ", ".join(f"{lab} ({n})" for lab, n in by_label.items())
         notes.append(f"Failed cells, not in the table: {listed_failed}; see Failed cells.")
     return notes
+
+
+def remarks(table: Table, grp: pd.DataFrame) -> list[str]:
+    """Notes on results that look wrong and are not (the words of :mod:`bench.remarks`, as ``bench run``
+    prints them for one cell): ground-truth students below the distilled reference, and defended students
+    that beat the reference, significantly (a finding) or not (training noise)."""
+    from bench.remarks import GAIN_WHY, GT_BELOW_WHY, MIN_DB
+
+    out = []
+    if "student_gt_psnr" in grp and "student_ref_psnr" in grp:
+        # the reference and ground-truth students are shared by every defense of a seed pair: one value per pair
+        per_pair = (grp.assign(_pair=[_pair(t, s) for t, s in zip(grp["teacher_seed"], grp["seed"])],
+                               _gap=grp["student_ref_psnr"] - grp["student_gt_psnr"])
+                    .dropna(subset=["_gap"]).groupby("_pair")["_gap"].mean())
+        below = per_pair[per_pair >= MIN_DB]
+        if len(below):
+            out.append(f"Ground-truth student below the distilled reference in {len(below)} of {len(per_pair)} seed "
+                       f"pair(s) (by {below.mean():.2f} dB on average): {GT_BELOW_WHY}.")
+    gains, noise = [], []
+    for r in table.rows:
+        if r.floor or r.rank is None or not r.student.n or r.student.mean > -MIN_DB:
+            continue
+        if not math.isnan(r.p_floor):
+            significant, why = r.p_floor < ALPHA and not r.above_floor, f"below the noise floor, p={_p(r.p_floor)}"
+        else:
+            significant, why = r.student.ci is not None and r.student.high < 0, "its 95 % interval is below 0"
+        where = r.defense if r.group.startswith("as run") else f"{r.defense} at {r.group}"
+        if significant:
+            gains.append(f"{where}: the defended students scored {-r.student.mean:.3f} dB above the reference, more "
+                         f"than training noise explains ({why}): {GAIN_WHY}.")
+        else:
+            noise.append(where)
+    if noise:
+        floor = "the noise floor" if any(r.floor for r in table.rows) else "zero (no noise floor in this table)"
+        out.append(f"Negative mean student drop (the defended student scored higher) not separable from {floor}: "
+                   f"{'; '.join(noise)}. That is the noise of training, not a gain for the attacker; more seeds "
+                   "tell.")
+    return out + gains
 
 
 # ------------------------------------------------------------------------------------------ rendering

@@ -94,3 +94,87 @@ def test_help_states_every_default_once(command, capsys):
         device = next(b for b in options if b.strip().startswith("--device"))
         assert "auto (default:" in device and "(default: auto)" not in device
 
+
+# --------------------------------------------------------------------------- remarks on puzzling results
+def _row(**metrics):
+    m = {"input_psnr": 20.0, "input_ssim": 0.6, "teacher_psnr": 30.0, "teacher_ssim": 0.9, "served_psnr": 29.9,
+         "served_ssim": 0.9, "student_ref_psnr": 28.0, "student_ref_ssim": 0.85, "student_psnr": 27.5,
+         "student_ssim": 0.84, "student_gt_psnr": 28.3, "student_gt_ssim": 0.86, "teacher_drop_db": 0.1,
+         "student_drop_db": 0.5, "student_ssim_drop_pct": 1.0, "queries_used": 16, "channels": "answers"}
+    m.update(metrics)
+    m["student_drop_db"] = m["student_ref_psnr"] - m["student_psnr"]
+    return {"key": "k", "task": "derain", "defense": "asvp", "attack": "vanilla_kd", "seed": 0, "profile": "quick",
+            "config": {"teacher_seed": 0}, "cached": True, "metrics": m}
+
+
+def test_bench_run_remarks_on_results_that_look_wrong(tmp_path, monkeypatch, capsys):
+    import bench.pipeline
+    from bench.cli import format_cell
+
+    plain = format_cell(_row())
+    assert "remark" not in plain
+    below = format_cell(_row(student_gt_psnr=27.6))
+    assert "remark: the ground-truth student scored 0.40 dB below the distilled reference" in below
+    assert "not an error" in below
+    gain = format_cell(_row(student_psnr=28.25), has_sets=True)
+    (line,) = [x for x in gain.splitlines() if x.startswith("remark: the defended student beat")]
+    assert "by 0.25 dB" in line and "noise of training" in line and "0.2-0.4 dB" in line
+    assert "bench sweep --tasks derain --defenses none,noise_floor,asvp --seeds 0-4" in line and "--set" in line
+    assert "remark" not in format_cell(_row(student_psnr=28.004))  # rounding, not a result
+    # what bench run prints is that text (no training: the cell's row is handed back as stored)
+    monkeypatch.setattr(bench.pipeline, "run_cell", lambda cell, **kw: {
+        **_row(student_gt_psnr=27.0, student_psnr=28.5), "profile": cell.profile.name})
+    assert main(["run", "--task", "derain", "--profile", "smoke", "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nremark: ") == 2 and "1.00 dB below the distilled reference" in out
+    assert "--profile smoke" in out
+
+
+def _report_cell(key, defense, seed, teacher_seed, *, student, gt=28.5, teacher=0.2):
+    metrics = {"teacher_drop_db": teacher, "student_drop_db": student, "student_ssim_drop_pct": 10 * student,
+               "worst_teacher_drop_db": 2 * teacher, "served_fidelity_db": 40.0, "teacher_psnr": 30.0,
+               "served_psnr": 30.0 - teacher, "student_ref_psnr": 28.0, "student_psnr": 28.0 - student,
+               "student_gt_psnr": gt, "channels": "answers", "student_shortcut": False, "queries_used": 16}
+    return {"key": key, "task": "derain", "defense": defense, "attack": "vanilla_kd", "seed": seed,
+            "profile": "smoke", "status": "done", "error": None, "metrics": metrics,
+            "config": {"task": {"name": "derain", "version": "1", "params": {}},
+                       "defense": {"name": defense, "version": "1", "params": {}},
+                       "attack": {"name": "vanilla_kd", "version": "1", "params": {}},
+                       "seed": seed, "teacher_seed": teacher_seed, "budget_db": None, "profile": {"crop": 24}}}
+
+
+def test_the_report_remarks_on_results_that_look_wrong(tmp_path):
+    from bench.store import Store
+    from reports import build_report
+    from reports.html import table_html
+
+    store = Store(tmp_path / "s")
+    pairs = [(t, s) for t in (0, 1) for s in range(4)]
+    for i, (t, s) in enumerate(pairs):
+        gt = 27.7 if i < 3 else 28.4  # below the reference (28.0) on 3 of 8 pairs, by 0.3 dB
+        jitter = 0.02 * ((3 * i) % 5 - 2)
+        store.put_cell(_report_cell(f"f{i}", "noise_floor", s, t, student=jitter, gt=gt, teacher=0.001))
+        store.put_cell(_report_cell(f"o{i}", "output_noise", s, t, student=-0.5 + jitter, gt=gt))  # helps
+        store.put_cell(_report_cell(f"m{i}", "mad", s, t, student=0.3 * (-1) ** i - 0.05, gt=gt))  # noise
+        store.put_cell(_report_cell(f"a{i}", "asvp", s, t, student=1.0 + jitter, gt=gt))
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
+    (table,) = rep.tables
+    notes = [n for n in table.notes if "Ground-truth student below" in n]
+    assert notes == [notes[0]] and "in 3 of 8 seed pair(s) (by 0.30 dB on average)" in notes[0]
+    (gain,) = [n for n in table.notes if "above the reference, more than training noise" in n]
+    assert gain.startswith("output_noise: the defended students scored 0.505 dB above")
+    assert "below the noise floor" in gain
+    (noise,) = [n for n in table.notes if n.startswith("Negative mean student drop")]
+    assert "mad" in noise and "output_noise" not in noise and "asvp" not in noise
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    page = table_html(table)  # what report.html shows for the table (without drawing its figures here)
+    for text in ("Ground-truth student below the distilled reference in 3 of 8", "more than training noise explains",
+                 "Negative mean student drop"):
+        assert text in md.replace("\\", "") and text in page
+    # nothing puzzling, no remark
+    clean = Store(tmp_path / "c")
+    for i, (t, s) in enumerate(pairs):
+        clean.put_cell(_report_cell(f"a{i}", "asvp", s, t, student=1.0 + 0.01 * i))
+    (table,) = build_report(tmp_path / "c", tmp_path / "out2", ("md",), progress=False).tables
+    assert not [n for n in table.notes if "Ground-truth" in n or "Negative" in n or "above the reference" in n]
+
