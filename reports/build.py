@@ -136,7 +136,10 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
             upscaled = bool(g.loc[g["task_label"] == task, "task"].eq("sr").any()) if "task" in g else False
             caption = (f"{task}, attack {table.attack}, profile {profile}: one test image through the teacher, the "
                        "served teacher and the students stolen from each"
-                       + (" (the input shown bicubic-upsampled to the output size)." if upscaled else "."))
+                       + (" (the input shown bicubic-upsampled to the output size)" if upscaled else "")
+                       + "; under each tile its PSNR against the ground truth on this image, and under each row "
+                       "the most detailed window of the image (outlined on the ground truth) enlarged 4x, with "
+                       "its own PSNR.")
         if vectors:
             image = vectors.pop("png")
         jpeg = kind == "grid"

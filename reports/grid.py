@@ -5,17 +5,24 @@ the undefended teacher, student stolen from the served model. The PNGs are the o
 (``<home>/artifacts/<cell key>/samples/``, :func:`bench.pipeline.save_samples`). All rows show the same
 seed, the smallest one every configuration has (else each row its own smallest), so the undefended
 student is the same network on every row; a missing image is drawn as a labelled blank.
+
+Each tile is captioned with its PSNR against the ground truth on this image (8-bit PNGs, the task's
+convention), and under each row a zoom row shows the same window of every column enlarged with
+nearest-neighbour: the most detailed window of the ground truth, a quarter of its sides
+(:func:`detail_window`, outlined on the ground-truth tile), captioned with its own PSNR, so that
+differences of half a dB, invisible at full view, can be seen.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from reports.leaderboard import Table
-from reports.plots import jpeg_bytes, new_figure, style
+from reports.plots import fit_lines, jpeg_bytes, new_figure, style
 
 # Panels are 1.4 in wide: at 140 dpi about the test images' own size (192 px), so nothing is upsampled; a
 # JPEG of photographs is a fraction of a PNG's size (a 5-task report's page went from 42 MB to a few MB).
@@ -71,32 +78,150 @@ def missing_images(home: Path, chosen: list[tuple[str, pd.Series]], title: str) 
             f"(e.g. {label}: {', '.join(lost)}.png not in {folder}); re-run those cells with --force to save them."]
 
 
+#: the zoom row shows a window of this fraction of the image's sides (1/16 of its area), enlarged to tile size
+ZOOM_FRACTION = 4
+
+
+def detail_window(image: np.ndarray, fraction: int = ZOOM_FRACTION) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the window, ``1/fraction`` of the image's sides, with the most detail
+    in ``image`` (H, W[, C]): the largest sum of squared luminance differences between neighbouring pixels.
+    Windows are tried on a grid of a quarter of their size; ties go to the first (top, then left), so the
+    choice is deterministic."""
+    img = np.asarray(image, dtype=np.float64)
+    grey = img[..., :3].mean(axis=-1) if img.ndim == 3 else img
+    rows, cols = grey.shape
+    h, w = max(1, rows // fraction), max(1, cols // fraction)
+    energy = np.zeros_like(grey)
+    energy[:, 1:] += np.diff(grey, axis=1) ** 2
+    energy[1:, :] += np.diff(grey, axis=0) ** 2
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    best, where = -1.0, (0, 0)
+    for top in range(0, rows - h + 1, max(1, h // 4)):
+        for left in range(0, cols - w + 1, max(1, w // 4)):
+            total = (integral[top + h, left + w] - integral[top, left + w] - integral[top + h, left]
+                     + integral[top, left])
+            if total > best:
+                best, where = total, (top, left)
+    return where[0], where[1], h, w
+
+
+def metric_settings(cell: pd.Series) -> tuple[bool, int]:
+    """(y_channel, shave) of the cell's task, as its scores use them (SR: Y channel, ``scale`` pixels)."""
+    import json
+
+    from bench.registry import TASKS
+
+    try:
+        params = json.loads(cell.get("task_params") or "{}")
+    except (TypeError, ValueError):
+        params = {}
+    try:
+        cls = TASKS.get(str(cell["task"]))
+    except Exception:  # an uninstalled task: RGB, no shave
+        cls = None
+    y = params.get("y_channel", getattr(cls, "y_channel", False))
+    scale = params.get("scale", getattr(cls, "scale", 1))
+    y = y if isinstance(y, bool) else False  # a property on the class: the parameter decides (absent: RGB)
+    scale = int(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1
+    return y, scale if scale > 1 else 0
+
+
+def tile_psnr(image: np.ndarray, target: np.ndarray, *, y_channel: bool = False, shave: int = 0) -> float | None:
+    """PSNR (dB) of an 8-bit image against the 8-bit ground truth, in the task's convention; None where the
+    two cannot be compared (sizes differ, nothing left after the shave)."""
+    import torch
+
+    from bench.metrics import psnr
+
+    if image.shape != target.shape or image.ndim != 3 or image.shape[-1] < 3:
+        return None
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)[None].to(torch.float64) / 255
+
+    try:
+        return psnr(tensor(image), tensor(target), y_channel=y_channel, shave=shave)
+    except ValueError:
+        return None
+
+
+def _tile(ax: Any, img: np.ndarray | None) -> None:
+    if img is None:
+        ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.set_facecolor("0.92")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+def _cut(img: np.ndarray | None, window: tuple[int, int, int, int] | None,
+         target: np.ndarray | None) -> np.ndarray | None:
+    """The window of ``img`` (None where there is no image, no window, or a size other than the target's)."""
+    if img is None or window is None or target is None or img.shape[:2] != target.shape[:2]:
+        return None
+    top, left, h, w = window
+    return img[top:top + h, left:left + w]
+
+
+def _caption(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} dB"
+
+
+def grid_figure(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> Any:
+    """The grid figure (rows: ``chosen``), drawn inside :func:`reports.plots.style`.
+
+    Per configuration two rows: the whole test image through every model, each tile captioned with its
+    PSNR against the ground truth on this image (the task's convention: SR on Y with the border shaved),
+    and under it the most detailed window of the ground truth (:func:`detail_window`, a quarter of its
+    sides, outlined on the ground-truth tile) enlarged with nearest-neighbour in every column, captioned
+    with the PSNR of that window (RGB or Y, no shave), where half-dB differences can be seen."""
+    from matplotlib.patches import Rectangle
+
+    configs = max(1, len(chosen))
+    fig = new_figure(1.4 * len(COLUMNS) + 2.2, 2 * 1.6 * configs + 0.8)
+    axes = fig.subplots(2 * configs, len(COLUMNS), squeeze=False)
+    seeds = sorted({int(c["seed"]) for _, c in chosen})
+    for i, (label, cell) in enumerate(chosen):
+        folder = sample_dir(home, cell["key"])
+        images = {name: _read(folder / f"{name}.png") for name, _ in COLUMNS}
+        target = images["target"]
+        y_channel, shave = metric_settings(cell)
+        window = detail_window(target) if target is not None else None
+        for j, (name, heading) in enumerate(COLUMNS):
+            img, ax, zoom = images[name], axes[2 * i, j], axes[2 * i + 1, j]
+            crop = _cut(img, window, target)
+            _tile(ax, img)
+            _tile(zoom, crop)
+            if name == "target":
+                ax.set_xlabel("reference", fontsize=8)
+                zoom.set_xlabel("reference", fontsize=8)
+                if window is not None:
+                    top, left, h, w = window
+                    ax.add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, edgecolor="yellow",
+                                           linewidth=1.0))
+            else:
+                whole = tile_psnr(img, target, y_channel=y_channel, shave=shave) \
+                    if img is not None and target is not None else None
+                part = tile_psnr(crop, _cut(target, window, target), y_channel=y_channel) if crop is not None else None
+                ax.set_xlabel(_caption(whole), fontsize=8)
+                zoom.set_xlabel("crop " + _caption(part), fontsize=8)
+            if i == 0:
+                ax.set_title(heading, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=6)
+                zoom.set_ylabel(f"zoom ×{ZOOM_FRACTION}", fontsize=8, rotation=0, ha="right", va="center",
+                                labelpad=6)
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    fig.suptitle(fit_lines(f"{title}: one test image ({seed_text}); under each tile its PSNR against the ground "
+                           "truth", fig.get_figwidth(), 11))
+    return fig
+
+
 def grid(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> bytes:
-    """The grid figure as JPEG bytes at ``GRID_DPI`` (rows: ``chosen``)."""
-    rows = max(1, len(chosen))
+    """The grid figure (:func:`grid_figure`) as JPEG bytes at ``GRID_DPI``."""
     with style():
-        fig = new_figure(1.4 * len(COLUMNS) + 2.2, 1.45 * rows + 0.8)
-        axes = fig.subplots(rows, len(COLUMNS), squeeze=False)
-        seeds = sorted({int(c["seed"]) for _, c in chosen})
-        for i, (label, cell) in enumerate(chosen):
-            folder = sample_dir(home, cell["key"])
-            for j, (name, heading) in enumerate(COLUMNS):
-                ax = axes[i, j]
-                img = _read(folder / f"{name}.png")
-                if img is None:
-                    ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, color="0.4")
-                    ax.set_facecolor("0.92")
-                else:
-                    ax.imshow(img, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.grid(False)
-                for side in ax.spines.values():
-                    side.set_visible(False)
-                if i == 0:
-                    ax.set_title(heading, fontsize=9)
-                if j == 0:
-                    ax.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=6)
-        seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-        fig.suptitle(f"{title}: one test image ({seed_text})")
-        return jpeg_bytes(fig, GRID_DPI)
+        return jpeg_bytes(grid_figure(home, chosen, title), GRID_DPI)

@@ -81,6 +81,28 @@ def interval_note(counts: list[int]) -> str:
     return f"error bars: 95 % CI over seed pairs (n = {n}" + (f" to {max(counts)}" if max(counts) != n else "") + ")"
 
 
+def fit_lines(text: str, width_in: float, size_pt: float) -> str:
+    """``text`` with each line wrapped to fit ``width_in`` inches at ``size_pt`` (a title wider than its figure
+    is cut off at the edges; about 0.55 em per character): broken after "; " where that is enough, so
+    that each clause stays whole, else between words."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (size_pt * 0.55)))
+    out: list[str] = []
+    for line in text.split("\n"):
+        parts = [p + ";" for p in line.split("; ")[:-1]] + [line.split("; ")[-1]]
+        current = ""
+        for part in parts:
+            joined = f"{current} {part}" if current else part
+            if len(joined) <= chars or not current:
+                current = joined
+            else:
+                out.append(current)
+                current = part
+        out += textwrap.wrap(current, chars) or [""]
+    return "\n".join(out)
+
+
 def jpeg_bytes(fig: Any, dpi: int, quality: int = 90) -> bytes:
     """For figures of photographs: a fraction of the PNG's size at no visible loss."""
     buf = io.BytesIO()
@@ -135,6 +157,76 @@ def tradeoff(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
     Per attack panel, per defense family: a solid curve through its set strengths and a dashed curve with
     hollow markers through its calibrated budgets. Defenses the attack cannot see are left out (their
     student is the undefended one; the leaderboard lists them unranked)."""
+    with style():
+        return rendered(tradeoff_figure(cells, title))
+
+
+#: label placement (points): gaps between a point and its label, tried nearest first, and the half-size of
+#: the square kept clear around every marker
+LABEL_GAPS = (3.0, 8.0, 14.0, 21.0, 29.0, 38.0)
+MARKER_HALF = 4.0
+#: directions tried at each gap, in order of preference: (x, y) signs, 0 = centred on the point
+LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], renderer: Any) -> None:
+    """Move point labels (annotations in offset points, anchored at their points) so that no two overlap.
+
+    Deterministic and greedy: labels are placed in the order given; each takes the first position, nearest
+    gap first and then in the order of ``LABEL_DIRECTIONS``, that overlaps no label placed before it and,
+    where possible, no marker (``points``, in data coordinates) and stays inside the axes. Where every
+    position overlaps a label, the one overlapping fewest is taken. Positions are computed from the text's
+    rendered size at the axes' current layout, so call this after the figure's layout is final (labels are
+    kept out of the layout, so placing them does not change it)."""
+    from matplotlib.transforms import Bbox
+
+    if not labels:
+        return
+    per_pt = ax.figure.dpi / 72.0
+    margin = 1.0 * per_pt
+    to_display = ax.transData.transform
+    markers = [Bbox.from_bounds(x - MARKER_HALF * per_pt, y - MARKER_HALF * per_pt, 2 * MARKER_HALF * per_pt,
+                                2 * MARKER_HALF * per_pt) for x, y in to_display(points)] if points else []
+    inside = ax.bbox
+    placed: list[Any] = []
+    for label in labels:
+        x, y = to_display(label.xy)
+        box = label.get_window_extent(renderer)
+        w, h = box.width, box.height
+        best: tuple[tuple[int, int, int, int], tuple[float, float]] | None = None
+        for ring, gap in enumerate(LABEL_GAPS):
+            g = gap * per_pt
+            for k, (sx, sy) in enumerate(LABEL_DIRECTIONS):
+                left = x + g if sx > 0 else (x - g - w if sx < 0 else x - w / 2)
+                bottom = y + g if sy > 0 else (y - g - h if sy < 0 else y - h / 2)
+                cand = Bbox.from_bounds(left - margin, bottom - margin, w + 2 * margin, h + 2 * margin)
+                clash = sum(_overlap(cand, other) for other in placed)
+                blocked = sum(_overlap(cand, m) for m in markers) + (0 if _within(cand, inside) else 1)
+                score = (clash, blocked, ring, k)
+                if best is None or score < best[0]:
+                    best = (score, (left, bottom))
+            if best is not None and best[0][:2] == (0, 0):
+                break
+        assert best is not None
+        left, bottom = best[1]
+        label.set_horizontalalignment("left")
+        label.set_verticalalignment("bottom")
+        label.xyann = ((left - x) / per_pt, (bottom - y) / per_pt)
+        placed.append(Bbox.from_bounds(left, bottom, w, h))
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two boxes share area (touching edges do not count)."""
+    return min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
+
+
+def _within(a: Any, b: Any) -> bool:
+    return a.x0 >= b.x0 and a.x1 <= b.x1 and a.y0 >= b.y0 and a.y1 <= b.y1
+
+
+def tradeoff_figure(cells: pd.DataFrame, title: str) -> Any:
+    """The figure of :func:`tradeoff` (drawn inside :func:`style`), point labels placed apart
+    (:func:`place_labels`)."""
     cells = cells[cells["attack_sees_defense"].astype(bool)]
     attacks = sorted(cells["attack_label"].unique())
     families = sorted(cells["defense_base"].unique(), key=lambda f: (f != "none", f))
@@ -146,7 +238,11 @@ def tradeoff(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         handles = {}
         counts: list[int] = []
+        labelled: list[tuple[Any, list[Any], list[tuple[float, float]]]] = []  # per panel: labels, points
         for ax, attack in zip(axes, attacks):
+            labels: list[Any] = []
+            points: list[tuple[float, float]] = []
+            labelled.append((ax, labels, points))
             sub = cells[cells["attack_label"] == attack]
             for fam in families:
                 g = sub[sub["defense_base"] == fam]
@@ -166,11 +262,14 @@ def tradeoff(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
                                     markerfacecolor="white" if calibrated else color,
                                     linestyle=("--" if calibrated else "-") if len(pts) > 1 else "none", label=name)
                     handles.setdefault(name, h)
-                    for i, p in enumerate(pts):
-                        if p["text"]:  # alternate above/below so neighbouring labels overlap less
-                            ax.annotate(p["text"], (p["teacher"].mean, p["student"].mean),
-                                        textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -12), fontsize=8,
-                                        color=color)
+                    for p in pts:
+                        xy = (p["teacher"].mean, p["student"].mean)
+                        points.append(xy)
+                        if p["text"]:  # placed apart once the layout is final (place_labels)
+                            note = ax.annotate(p["text"], xy, textcoords="offset points", xytext=(3, 3),
+                                               fontsize=8, color=color, annotation_clip=False)
+                            note.set_in_layout(False)
+                            labels.append(note)
             ax.axline((0, 0), slope=1, linestyle="--", color="0.5", linewidth=0.9, zorder=0)
             ax.axhline(0, color="0.3", linewidth=0.6, zorder=0)
             ax.axvline(0, color="0.3", linewidth=0.6, zorder=0)
@@ -179,11 +278,16 @@ def tradeoff(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
             ax.set_ylabel(STUDENT_AXIS)
         for ax in axes[len(attacks):]:
             ax.set_visible(False)
-        fig.suptitle(f"{title}: teacher cost vs student harm\n({interval_note(counts)}; dashed grey: equal drops)")
+        fig.suptitle(fit_lines(f"{title}: teacher cost vs student harm\n({interval_note(counts)}; dashed grey: equal "
+                               "drops)", 4.6 * ncols, 11))
         if handles:
             fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                        ncols=legend_columns(list(handles), 4.6 * ncols), title="Defense")
-        return rendered(fig)
+        fig.draw_without_rendering()  # the final layout: label positions depend on the axes' size
+        renderer = fig.canvas.get_renderer()
+        for ax, labels, points in labelled:
+            place_labels(ax, labels, [p for p in points if all(math.isfinite(v) for v in p)], renderer)
+        return fig
 
 
 def bars(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
@@ -205,7 +309,7 @@ def bars(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
     width = 0.8 / k
     cmap = colormaps["tab10"]
     with style():
-        fig = new_figure(max(4.5, 0.9 * n * max(1, k * 0.6) + 1.5), 4.2)
+        fig = new_figure(max(5.0, 0.9 * n * max(1, k * 0.6) + 1.5), 4.2)
         ax = fig.subplots()
         counts: list[int] = []
         for j, attack in enumerate(attacks):
@@ -226,6 +330,7 @@ def bars(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
         ax.set_ylabel("Student PSNR drop (dB)")
         ax.set_xlabel("Defense")
         ax.grid(axis="x", visible=False)
-        ax.set_title(f"{title}: student drop per defense\n(bars: mean over seed pairs; {interval_note(counts)})")
+        heading = f"{title}: student drop per defense\n(bars: mean over seed pairs; {interval_note(counts)})"
+        ax.set_title(fit_lines(heading, fig.get_figwidth() - 0.3, 10))
         ax.legend(title="Attack", loc="best")
         return rendered(fig)

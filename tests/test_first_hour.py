@@ -178,3 +178,96 @@ def test_the_report_remarks_on_results_that_look_wrong(tmp_path):
     (table,) = build_report(tmp_path / "c", tmp_path / "out2", ("md",), progress=False).tables
     assert not [n for n in table.notes if "Ground-truth" in n or "Negative" in n or "above the reference" in n]
 
+
+# ------------------------------------------------------------------------------- figures a reader can read
+def test_trade_off_labels_of_neighbouring_points_do_not_overlap(tmp_path):
+    import itertools
+
+    from bench.store import Store
+    from reports import cells as cells_mod
+    from reports import plots
+
+    store = Store(tmp_path / "s")
+    close = [("asvp", 1.5, 0.30, 0.60), ("asvp", 1.75, 0.31, 0.61), ("asvp", 2.0, 0.32, 0.605), ("asvp", 3.0, 2.0, 2.5),
+             ("output_noise", 0.01, 0.305, 0.6), ("output_noise", 0.015, 0.3, 0.62), ("output_noise", 0.02, 1.0, 0.2)]
+    for seed in range(2):
+        for defense, strength, teacher, student in close:
+            key = "sigma" if defense == "output_noise" else "h"
+            cell = _report_cell(f"{defense}{strength}-{seed}", defense, seed, 0, student=student + 0.001 * seed,
+                                teacher=teacher)
+            cell["config"]["defense"]["params"] = {key: strength}
+            store.put_cell(cell)
+    cells = cells_mod.load(tmp_path / "s")
+
+    def label_boxes(fig):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        return [(t.get_text(), t.get_window_extent(renderer)) for ax in fig.axes for t in ax.texts]
+
+    def overlapping(boxes):
+        return [(a, b) for (a, x), (b, y) in itertools.combinations(boxes, 2) if plots._overlap(x, y)]
+
+    with plots.style():
+        fig = plots.tradeoff_figure(cells, "derain (profile smoke)")
+        boxes = label_boxes(fig)
+        assert sorted(t for t, _ in boxes) == sorted(f"{'sigma' if d == 'output_noise' else 'h'}={s:g}"
+                                                     for d, s, _, _ in close)
+        assert not overlapping(boxes), overlapping(boxes)
+        for text in (t for ax in fig.axes for t in ax.texts):  # all at one offset, as before: they collide
+            text.xyann = (3, 3)
+            text.set_horizontalalignment("left")
+            text.set_verticalalignment("bottom")
+        assert ("h=1.5", "h=1.75") in overlapping(label_boxes(fig))
+
+
+def _write_samples(folder, target, noise):
+    import imageio.v3 as iio
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("input", "target", "teacher", "served", "student_ref", "student"):
+        img = target if name == "target" else np.clip(target + rng.normal(0, noise[name], target.shape), 0, 255)
+        iio.imwrite(folder / f"{name}.png", img.astype(np.uint8))
+
+
+def test_visual_grid_captions_each_tile_with_psnr_and_zooms_into_the_most_detailed_window(tmp_path):
+    import numpy as np
+
+    from bench.store import Store
+    from reports import build_report
+    from reports import grid as grid_mod
+    from reports.html import image_size
+
+    target = np.full((64, 64, 3), 120.0)
+    checker = (np.indices((16, 16)).sum(0) % 2) * 200.0 + 20
+    target[40:56, 44:60] = checker[..., None]  # the detail: a quarter of the sides, at (40, 44)
+    assert grid_mod.detail_window(target) == (40, 44, 16, 16)
+    store = Store(tmp_path / "s")
+    for defense, student in (("none", 0.0), ("asvp", 0.5)):
+        store.put_cell(_report_cell(defense, defense, 0, 0, student=student))
+        noise = {"input": 30, "teacher": 3, "served": 5, "student_ref": 6, "student": 9 if student else 6}
+        _write_samples(grid_mod.sample_dir(tmp_path / "s", defense), target, noise)
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("plots",), progress=False)
+    (figure,) = [f for f in rep.figures if f.kind == "grid"]
+    assert not [m for m in rep.messages if "lack sample images" in m]
+    chosen = grid_mod.chosen_cells(rep.tables[0], rep.cells)
+    assert len(chosen) == 2
+    # two image rows per configuration: the whole image and the zoom row
+    assert image_size(figure.image)[1] >= 2 * len(chosen) * 1.4 * grid_mod.GRID_DPI
+    assert "PSNR against the ground truth" in figure.caption and "enlarged 4x" in figure.caption
+    with grid_mod.style():
+        fig = grid_mod.grid_figure(tmp_path / "s", chosen, "t")
+    axes = np.array(fig.axes).reshape(2 * len(chosen), len(grid_mod.COLUMNS))
+    names = [n for n, _ in grid_mod.COLUMNS]
+    for i in range(len(chosen)):
+        whole, zoom = axes[2 * i], axes[2 * i + 1]
+        assert zoom[0].get_ylabel() == "zoom ×4"
+        for j, name in enumerate(names):
+            assert zoom[j].images and zoom[j].images[0].get_array().shape[:2] == (16, 16)
+            if name == "target":
+                continue
+            assert whole[j].get_xlabel().endswith(" dB") and zoom[j].get_xlabel().startswith("crop ")
+            img = np.asarray(whole[j].images[0].get_array(), dtype=float)
+            mse = np.mean((img / 255 - target / 255) ** 2)
+            assert float(whole[j].get_xlabel().split()[0]) == pytest.approx(10 * np.log10(1 / mse), abs=0.006)
