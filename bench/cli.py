@@ -249,13 +249,14 @@ def _profiles_listing() -> list[str]:
             *("  " + line for line in table.splitlines()), ""]
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def sweep_specs(args: argparse.Namespace) -> list[Any]:
+    """The cells (``CellSpec``) that ``bench sweep`` with these flags would run, in grid order; checks the
+    grid's size, trains nothing."""
     import dataclasses
 
-    from bench.grid import load_file, make_grid
+    from bench.grid import MAX_CELLS, load_file, make_grid
     from bench.numerics import resolve_device
     from bench.params import parse_sets
-    from bench.scheduler import format_summary, run_sweep
 
     sets = parse_sets(args.sets)
     if args.data is not None:
@@ -263,12 +264,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
                      attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
                      teacher_seeds=args.teacher_seeds, sets=sets)
-    from bench.grid import MAX_CELLS
-
     grid.check_size(args.max_cells or MAX_CELLS)
     device = resolve_device(args.device)
-    specs = [dataclasses.replace(s, device=device, teacher=args.teacher, weights=args.weights, student=args.student)
-             for s in grid.specs()]
+    return [dataclasses.replace(s, device=device, teacher=args.teacher, weights=args.weights, student=args.student)
+            for s in grid.specs()]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.scheduler import format_summary, run_sweep
+
+    specs = sweep_specs(args)
     result = run_sweep(specs, home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
                        address=args.address, force=args.force, progress=True, jobs_per_gpu=args.jobs_per_gpu)
     print(format_summary(result))
