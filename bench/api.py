@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import BenchError
 from bench.data import ALL_TRANSFORMS, Splits, bundled_splits
 from bench.params import NoParams, as_dict
 from bench.profiles import Profile
@@ -43,6 +44,11 @@ class Task(Plugin):
     y_channel: bool = False
     #: training flips/rotations that keep images in the task's distribution (bench.data.dihedral indices)
     augment_transforms: tuple[int, ...] = ALL_TRANSFORMS
+    #: the task reads pairs from disk only (the folder task): without data it has nothing to work on
+    requires_data: ClassVar[bool] = False
+    #: the dataset read instead of the bundled photographs (bench.layouts.DataSource, set from the data
+    #: parameters by bench.layouts.attach_data); None: the bundled photographs, exactly as before
+    source: Any = None
 
     def __init__(self, params: Any, profile: Profile) -> None:
         self.params = params
@@ -54,7 +60,21 @@ class Task(Plugin):
 
     def identity(self) -> dict[str, Any]:
         # the augmentation shapes every model trained on the task, not its data
-        return {**super().identity(), "augment": list(self.augment_transforms)}
+        out = {**super().identity(), "augment": list(self.augment_transforms)}
+        source = self.data_source()
+        if source is not None:  # data from disk: named among the parameters (report labels), fingerprinted beside
+            out["params"] = {**out["params"], **source.identity_params()}
+            out["data_fingerprint"] = source.fingerprint()
+        return out
+
+    def data_source(self) -> Any:
+        """The dataset this task reads (None: the bundled photographs); BenchError for a task that reads
+        pairs only and was given none."""
+        if self.source is None and self.requires_data:
+            raise BenchError(f"the {self.name} task needs a data directory: pass --data DIR (or --set task.data=DIR), "
+                             "where DIR holds input/ and target/ subfolders of paired images (other layouts: bench "
+                             "list layouts), or --input DIR --target DIR.")
+        return self.source
 
     @property
     def shave(self) -> int:
@@ -67,6 +87,9 @@ class Task(Plugin):
 
     def splits(self) -> Splits:
         """The owner / attacker / calib / test pools (built once per task instance)."""
+        if self._splits is None and self.data_source() is not None:
+            # pairs read from disk (bench.layouts): checked now, each image decoded on its first use
+            self._splits = self.data_source().splits()
         if self._splits is None:
             key = f"{self.name}:{self.version}:{sorted(as_dict(self.params).items())}"
             with torch.device("cpu"):  # degradations run on numpy and CPU tensors; the pools move once

@@ -270,17 +270,24 @@ def _strengths(value: Any, registry: Registry, name: str, where: str) -> dict[st
 def _all_entries(registry: Registry, task_params: dict[str, Any], profile: Any) -> list[Entry]:
     if registry is not TASKS:
         return [Entry(n) for n in registry.names()]
+    from bench.layouts import in_all_tasks, task_fields
     from bench.pipeline import make_plugin
 
     out = []
     for name in registry.names():
         cls = registry.get(name)
-        declared = {f.name for f in describe(cls.Params)}
+        declared = task_fields(cls)  # its own parameters and the data ones (--data DIR)
         params = {k: v for k, v in task_params.items() if k in declared}
         try:
-            make_plugin(TASKS, name, params, profile=profile).identity()
+            task = make_plugin(TASKS, name, params, profile=profile)
+            task.identity()
         except BenchError as exc:
             print(f"note: 'all' tasks leaves out {name} ({exc})", file=sys.stderr)
+            continue
+        source = task.data_source()
+        if not in_all_tasks(task):  # plain pairs fit every task: the user names the one meant
+            print(f"note: 'all' tasks leaves out {name} (it would read {source.found().origin} as plain pairs, "
+                  f"layout {source.layout.name}: name it with --tasks {name} if that is meant)", file=sys.stderr)
             continue
         out.append(Entry(name))
     return out
@@ -290,7 +297,12 @@ def apply_sets(entries: list[Entry], registry: Registry, sets: dict[str, Any], g
     """``--set GROUP.KEY=VALUE`` on every entry whose plugin declares KEY (overriding its own value)."""
     if not sets:
         return entries
-    declared = {e.name: {f.name for f in describe(registry.get(e.name).Params)} for e in entries}
+    from bench.layouts import task_fields
+
+    def fields(cls: type) -> set[str]:  # a task also takes the data parameters (--data DIR and friends)
+        return task_fields(cls) if registry is TASKS else {f.name for f in describe(cls.Params)}
+
+    declared = {e.name: fields(registry.get(e.name)) for e in entries}
     for key in sets:
         if not any(key in keys for keys in declared.values()):
             known = sorted(set().union(*declared.values()))

@@ -127,11 +127,21 @@ class Cell:
 
 def make_plugin(registry, name: str, overrides: dict[str, Any], **kwargs: Any) -> Any:
     cls = registry.get(name)
+    data: dict[str, Any] = {}
+    if registry is TASKS:  # every task also takes the data parameters (--data DIR and friends: bench.layouts)
+        from bench.layouts import split_overrides
+
+        overrides, data = split_overrides(cls, overrides)
     try:
         params = build(cls.Params, overrides, owner=f"{registry.kind} '{name}'")
     except BenchError as exc:
         raise BenchError(str(exc) + _elsewhere(registry, name, overrides)) from None
-    return cls(params, **kwargs)
+    plugin = cls(params, **kwargs)
+    if registry is TASKS:
+        from bench.layouts import attach_data
+
+        attach_data(plugin, data)
+    return plugin
 
 
 def _elsewhere(registry, name: str, overrides: dict[str, Any]) -> str:
@@ -150,8 +160,7 @@ def _elsewhere(registry, name: str, overrides: dict[str, Any]) -> str:
             except BenchError:  # a broken plugin has no parameters to offer
                 continue
         if owners:
-            hints.append(f" '{key}' is a parameter of {registry.kind} {', '.join(owners)}"
-                         + (" (paired images of your own: --task folder --data DIR)" if key == "data" else "") + ".")
+            hints.append(f" '{key}' is a parameter of {registry.kind} {', '.join(owners)}.")
     return "".join(hints)
 
 

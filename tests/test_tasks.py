@@ -24,8 +24,9 @@ SMOKE = get_profile("smoke")
 
 
 def make_task(name: str, overrides: dict | None = None, profile=SMOKE):
-    cls = TASKS.get(name)
-    return cls(bench.params.build(cls.Params, overrides or {}, owner=f"task '{name}'"), profile)
+    from bench.pipeline import make_plugin  # as bench run builds it: the data parameters too
+
+    return make_plugin(TASKS, name, overrides or {}, profile=profile)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
