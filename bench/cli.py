@@ -41,7 +41,7 @@ def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) 
                    help="teacher seed(s): 0 (default), 0,1 or 0-1; bench run runs one cell per teacher seed")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a parameter, e.g. --set defense.h=1.5 --set attack.steps=200 (repeatable)")
-    p.add_argument("--data", help="folder of paired images (DIR/input, DIR/target) for --task folder")
+    _data_args(p)
     p.add_argument("--teacher", metavar="PACKAGE.MODULE:FACTORY",
                    help="your own teacher: FACTORY() returns the nn.Module (default: the reference teacher)")
     p.add_argument("--weights", metavar="FILE",
@@ -62,6 +62,29 @@ def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) 
         p.add_argument("--budget", type=float, metavar="DB",
                        help="run the defense at the strength that costs the teacher DB dB PSNR on the calib split "
                             "(stored calibration, calibrated first if there is none); default: as set")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """The flags naming data read from disk (bench.layouts): the same on run, calibrate and sweep."""
+    p.add_argument("--data", metavar="DIR",
+                   help="a dataset as it lies on disk, read instead of the bundled photographs: each task's standard "
+                        "layouts (Rain100, LOL, UIEB, RESIDE, DIV2K, ...: bench list layouts), or DIR/input + "
+                        "DIR/target (--task folder)")
+    p.add_argument("--layout", metavar="NAME", help="the layout of --data (default: recognised from the tree)")
+    p.add_argument("--input", metavar="DIR", help="degraded images paired by file name with --target (instead of "
+                                                  "--data)")
+    p.add_argument("--target", metavar="DIR", help="clean images paired by file name with --input")
+    p.add_argument("--split-file", metavar="FILE",
+                   help="NAME POOL lines (POOL: train, test, owner, attacker, calib) choosing the data's pools")
+    p.add_argument("--scene-pattern", metavar="REGEX",
+                   help="names a pair's scene from its file name (group 'scene', or the first group): a scene's "
+                        "pairs stay in one pool")
+
+
+def _data_sets(args: argparse.Namespace) -> dict[str, str]:
+    """The data flags given, as task parameters (--split-file -> split_file)."""
+    names = ("data", "layout", "input", "target", "split_file", "scene_pattern")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -86,8 +109,7 @@ def spec_from_args(args: argparse.Namespace, teacher_seed: int | None = None) ->
         teacher_seed = teacher_seeds(args)[0]
     groups = parse_sets(args.sets)
     task_params = dict(groups.get("task", {}))
-    if args.data is not None:
-        task_params["data"] = args.data
+    task_params.update(_data_sets(args))
     return CellSpec(task=args.task, defense=args.defense, attack=args.attack, seed=args.seed,
                     profile=args.profile, task_params=task_params,
                     defense_params=groups.get("defense", {}), attack_params=groups.get("attack", {}),
@@ -199,14 +221,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from bench.layouts import describe_data_params, describe_layouts
     from bench.params import describe, type_name
     from bench.registry import REGISTRIES
 
-    kinds = [args.kind] if args.kind else [*REGISTRIES, "profiles"]
+    kinds = [args.kind] if args.kind else [*REGISTRIES, "layouts", "profiles"]
     out = []
     for kind in kinds:
         if kind == "profiles":
             out += _profiles_listing()
+            continue
+        if kind == "layouts":
+            out += describe_layouts()
             continue
         reg = REGISTRIES[kind]
         out.append(f"{kind}:")
@@ -229,6 +255,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                          repr(f.default), f.doc) for f in fields]
                 table = tabulate(rows, tablefmt="plain")
                 out.extend("      " + line for line in table.splitlines())
+        if kind == "tasks":
+            out += describe_data_params()
         out.append("")
     print("\n".join(out).rstrip())
     return 0
@@ -259,8 +287,8 @@ def sweep_specs(args: argparse.Namespace) -> list[Any]:
     from bench.params import parse_sets
 
     sets = parse_sets(args.sets)
-    if args.data is not None:
-        sets.setdefault("task", {})["data"] = args.data
+    if _data_sets(args):
+        sets.setdefault("task", {}).update(_data_sets(args))
     grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
                      attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
                      teacher_seeds=args.teacher_seeds, sets=sets)
@@ -323,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="set a parameter of every plugin on that axis that has it, e.g. --set defense.h=2 "
                         "(repeatable)")
-    p.add_argument("--data", help="folder of paired images for the folder task (= --set task.data=DIR)")
+    _data_args(p)
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
                         "result's key (a GPU's numbers are not a CPU's)")
@@ -360,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the installed plugins (defenses, attacks, tasks) with their origin and "
                                    "parameters, or the profiles with every field (override with --set profile.F=V).",
                        formatter_class=DefaultsOnceFormatter)
-    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks", "profiles"])
+    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks", "layouts", "profiles"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="leaderboards, plots and an HTML page from the store",
