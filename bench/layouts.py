@@ -58,7 +58,10 @@ Parts, scenes and pools (the protocol's four disjoint pools, split by source ima
   20 % of its scenes in that order (so test is the last fifth by name). UIEB papers hold out 90 of the 890
   images chosen at random and publish no list: give yours with ``--split-file`` to match one.
 - A set with a test part and no train part (SOTS alone, Set5 alone, LOL's ``eval15`` alone) is an error
-  that names the training set to add: the suite never trains and scores on one set's test images.
+  that names the training set to add: the suite never trains and scores on one set's test images. A data
+  folder named like a part (``test``, ``eval15``, ``SOTS``, ``train``) is read as that part alone.
+- The profile's ``image_size``, ``variants``, ``calib_pool`` and ``calib_draws`` shape the bundled
+  photographs only: a set's pairs are fixed, used at full size, one draw each.
 - ``--split-file FILE`` assigns pairs to pools: one ``NAME POOL`` per line (``#`` starts a comment), NAME a
   pair's name or a scene (``PART/NAME`` where names repeat across parts), POOL one of ``train``, ``test``,
   ``owner``, ``attacker``, ``calib``. Unlisted pairs keep their part (a set without parts: ``train``);
