@@ -99,6 +99,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,12 +198,20 @@ def read_pixels(path: Path) -> np.ndarray:
     """An image file as (H, W, 3): uint8 as stored for 8-bit files, else float32 in [0, 1] (16-bit, float).
 
     Grey images are replicated to three channels, alpha is dropped. BenchError naming the file if it
-    cannot be used.
+    cannot be used. 8-bit files are decoded by Pillow directly (2-3x faster than through scikit-image's
+    plugin lookup, which reads the rest: 16-bit, float).
     """
+    from PIL import Image
     from skimage.io import imread
 
     try:
-        img = np.asarray(imread(str(path)))
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA", "L", "LA"):
+                img = np.asarray(im)
+            elif im.mode == "P":
+                img = np.asarray(im.convert("RGBA" if "transparency" in im.info else "RGB"))
+            else:
+                img = np.asarray(imread(str(path)))
     except Exception as exc:  # any decoder error: corrupt, truncated, not really an image
         raise BenchError(f"cannot read image {path} ({_detail(exc)}); re-save it as PNG or JPEG, or remove it.") \
             from None
@@ -255,10 +264,11 @@ def _detail(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def natural(text: str) -> tuple[list[Any], str]:
+@lru_cache(maxsize=1 << 16)
+def natural(text: str) -> tuple[tuple[Any, ...], str]:
     """Sort key that orders digits by value: ``rain-2`` before ``rain-10``."""
     parts = re.split(r"(\d+)", text)
-    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)], text
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), text
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -283,11 +293,12 @@ def _child(folder: Path, names: Sequence[str]) -> Path | None:
 def _image_files(folder: Path) -> list[Path]:
     """The image files of ``folder`` in natural name order (none if it cannot be listed)."""
     try:
-        found = [p for p in folder.iterdir()
-                 if not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS and p.is_file()]
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".")
+                     and os.path.splitext(e.name)[1].lower() in EXTENSIONS and e.is_file()]
     except OSError:
         return []
-    return sorted(found, key=lambda p: natural(p.name))
+    return [folder / n for n in sorted(names, key=natural)]
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -470,6 +481,7 @@ class Layout:
 _PLACEHOLDERS = {"key": r"(?P<key>.+?)", "n": r"\d+", "any": r".+"}
 
 
+@lru_cache(maxsize=256)
 def _template(text: str) -> re.Pattern[str]:
     """``rain-{key}`` -> a regex matching a whole file stem; ``{key}`` names the clean image, ``{n}`` a
     number, ``{any}`` anything (non-empty)."""
