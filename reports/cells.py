@@ -29,6 +29,7 @@ from bench import BenchError
 from bench.cache import canonical_json
 from bench.params import format_value as params_format_value
 from bench.params import label as params_label
+from bench.profiles import CALIB_FIELDS
 
 #: per-cell metrics the reports aggregate (all in the store's ``metrics`` JSON)
 DROPS = ("teacher_drop_db", "student_drop_db", "student_ssim_drop_pct")
@@ -129,6 +130,10 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     parts = {p: [_component(c, p) for c in cfg] for p in ("task", "defense", "attack")}
     profiles = [c.get("profile") if isinstance(c, dict) and isinstance(c.get("profile"), dict) else {}
                 for c in cfg]
+    # the calib fields are in calibrated cells' keys only (an uncalibrated cell never reads the calib pool):
+    # they belong to a calibrated row's configuration, not to the profile, which would otherwise split in two
+    calib = [{k: p[k] for k in CALIB_FIELDS if k in p} for p in profiles]
+    profiles = [{k: v for k, v in p.items() if k not in CALIB_FIELDS} for p in profiles]
     df["teacher_seed"] = [c.get("teacher_seed") if isinstance(c, dict) else None for c in cfg]
     budget = [c.get("budget_db") if isinstance(c, dict) else None for c in cfg]
     if "budget" in df:  # the store's own column, where a sweep fills it
@@ -165,9 +170,9 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         family = [{"name": n, **{k: v for k, v in f.items() if k != s}} for n, f, s in zip(names, flat, sp)]
         df["family_id"] = [canonical_json(f) for f in family]
         # calibrated cells of one family and budget are one configuration, whatever strength each seed got
-        df["config_id"] = [canonical_json([fam, float(b)]) if not pd.isna(b) else canonical_json([{"name": n, **f},
-                                                                                                   None])
-                           for fam, b, n, f in zip(family, df["budget_db"], names, flat)]
+        df["config_id"] = [canonical_json([fam, float(b), cal]) if not pd.isna(b)
+                           else canonical_json([{"name": n, **f}, None])
+                           for fam, b, cal, n, f in zip(family, df["budget_db"], calib, names, flat)]
     access = {n: _attack_access(n) for n in set(df["attack"])}
     df["attack_access"] = [access[n] for n in df["attack"]]
 

@@ -388,3 +388,17 @@ def test_a_store_of_the_undefended_teacher_alone_draws_no_empty_chart(tmp_path):
     store.put_cell(_cell("n0", "none", {}, 0, student=0.0, teacher=0.0))
     rep = build_report(tmp_path / "s", tmp_path / "out", ("plots",), progress=False)
     assert not [f for f in rep.figures if f.kind in ("tradeoff", "bars")]
+
+
+def test_calibrated_and_uncalibrated_cells_of_one_profile_share_its_tables(tmp_path):
+    # the calib fields are keyed into calibrated cells only; the profile must not split on them
+    store = Store(tmp_path / "s")
+    for seed in range(2):
+        cal = _cell(f"c{seed}", "asvp", {"h": 1.3}, seed, budget=0.5, student=1.0)
+        cal["config"]["profile"] = {"crop": 24, "calib_pool": "calib", "calib_draws": 8}
+        store.put_cell(cal)
+        store.put_cell(_cell(f"n{seed}", "none", {}, seed, student=0.0, teacher=0.0, channels="none"))
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
+    (table,) = rep.tables
+    assert table.profile == "smoke"
+    assert [r.group for r in table.rows] == ["calibrated to 0.5 dB on calib", "as run (each at its set strength)"]
