@@ -285,9 +285,10 @@ def _all_entries(registry: Registry, task_params: dict[str, Any], profile: Any) 
             print(f"note: 'all' tasks leaves out {name} ({exc})", file=sys.stderr)
             continue
         source = task.data_source()
-        if not in_all_tasks(task):  # plain pairs fit every task: the user names the one meant
-            print(f"note: 'all' tasks leaves out {name} (it would read {source.found().origin} as plain pairs, "
-                  f"layout {source.layout.name}: name it with --tasks {name} if that is meant)", file=sys.stderr)
+        if not in_all_tasks(task):  # e.g. plain pairs, which fit every task: the user names the one meant
+            print(f"note: 'all' tasks leaves out {name} (it would read {source.found().origin} in layout "
+                  f"{source.layout.name}, not one of its own: name it with --tasks {name} if that is meant)",
+                  file=sys.stderr)
             continue
         out.append(Entry(name))
     return out

@@ -798,10 +798,13 @@ def layouts_for(task: Task) -> list[Layout]:
 
 
 def in_all_tasks(task: Task) -> bool:
-    """Whether ``task`` reads its data in a layout of its own field (or reads pairs only, like ``folder``):
-    ``--tasks all`` with ``--data`` runs those, not every task on a tree of plain pairs."""
+    """Whether ``--tasks all`` with ``--data`` runs ``task``: where the data is in a layout of the task's own
+    field (``paired`` for a task that reads pairs only, like ``folder``), not every task on plain pairs."""
     source = task.data_source()
-    return source is None or task.requires_data or source.layout.name != "paired"
+    if source is None:
+        return True
+    own = [lay.name for lay in layouts_for(task) if task.requires_data or lay.name != "paired"]
+    return source.layout.name in own
 
 
 def describe_layouts() -> list[str]:

@@ -299,6 +299,13 @@ def test_all_tasks_with_data_run_the_task_whose_layout_it_is(tmp_path, capsys):
     assert [t.name for t in grid.tasks] == ["derain"]
     err = capsys.readouterr().err
     assert "leaves out lowlight" in err and "leaves out folder" in err
+    from bench.cli import build_parser, sweep_specs
+
+    args = build_parser().parse_args(["sweep", "--data", str(tmp_path), "--layout", "rain100", "--scene-pattern",
+                                      "(.*)", "--defenses", "none", "--profile", "smoke"])
+    (spec,) = sweep_specs(args)
+    assert spec.task == "derain" and spec.task_params == {"data": str(tmp_path), "layout": "rain100",
+                                                          "scene_pattern": "(.*)"}
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -431,3 +438,23 @@ def test_the_general_form_and_layout_flags_on_the_command_line(tmp_path, capsys)
     assert main(["list", "layouts"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in LAYOUTS)
+
+
+@pytest.mark.parametrize(("task_name", "build"), [("derain", rain1400), ("sr", hr_only)], ids=["rain1400", "hr_only"])
+def test_data_pools_create_no_tensor_off_the_jobs_device(tmp_path, task_name, build):
+    """As tests/test_device.py does for the bundled data: with torch's default device ``meta``, a tensor
+    made off the job's device holds no data and fails; the cell runs and scores exactly as without it."""
+    from bench.pipeline import run_cell
+
+    root = build(tmp_path / "d")
+    spec = CellSpec(task=task_name, profile="smoke", device="cpu", task_params={"data": str(root)},
+                    profile_params={"teacher_steps": "3", "student_steps": "3"})
+    plain = run_cell(spec, home=tmp_path / "plain", progress=False)
+    torch.set_default_device("meta")
+    try:
+        trapped = run_cell(spec, home=tmp_path / "trapped", progress=False)
+    finally:
+        torch.set_default_device(None)
+    assert trapped["status"] == "done"
+    for name in ("teacher_psnr", "served_psnr", "student_psnr", "input_psnr"):
+        assert trapped["metrics"][name] == plain["metrics"][name], name
