@@ -184,8 +184,8 @@ def attach_data(task: Task, overrides: dict[str, Any]) -> None:
     if not any(getattr(params, k) for k in _SOURCES):
         given = sorted(k for k in overrides if k != "max_megapixels")
         if given:
-            raise BenchError(f"task '{task.name}': --set task.{given[0]}=... applies to data read from disk; give the "
-                             "data too (--data DIR, or --input DIR --target DIR).")
+            raise BenchError(f"task '{task.name}': {given[0]} applies to data read from disk; give the data too "
+                             "(--data DIR, or --input DIR --target DIR).")
         return  # the bundled photographs (a task that reads pairs only says so when asked for them)
     if type(task).splits is not Task.splits:
         raise BenchError(f"task '{task.name}' builds its own pools (its class overrides splits()), so it cannot read "
@@ -418,6 +418,9 @@ class Layout:
         if plan is None:
             raise BenchError(self.missing(root))
         if plan.single is not None:
+            if ctx.test_set:
+                raise BenchError(f"--set task.test_set={ctx.test_set}: {root} is one set without test sets (layout "
+                                 f"{self.name}); choose its test pairs with --split-file instead.")
             return self.pairs_in(plan.single, "", "", ctx)
         if plan.test and not plan.train and not ctx.split_file:
             raise BenchError(test_only(root, self))
