@@ -44,11 +44,25 @@ class LineProgress(tqdm):
         return None
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg == "":  # tqdm clearing the bar: nothing to clear in a log (and no carriage return)
+            return False
+        # one line per state: the same count, stage and status again (a redraw at close) is not news
+        state = (self.n, self.total, self.desc, self.postfix)
+        if msg is None and state == getattr(self, "_last_state", None):
+            return True
+        self._last_state = state
         text = (self.__str__() if msg is None else msg).strip("\r\n ")
         if text:
             self.fp.write(text + "\n")
             self.fp.flush()
         return True
+
+    def close(self) -> None:
+        # the final state once (if it is new), and none of tqdm's closing newline or redraw
+        if not self.disable and self.leave:
+            self.display()
+        self.leave = False
+        super().close()
 
 
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",

@@ -30,6 +30,20 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_where_it_stored(tmp_pat
     assert quiet.returncode == 0 and "training" not in quiet.stderr
 
 
+def test_a_log_gets_the_last_progress_line_once():
+    import io
+
+    from bench.progress import LineProgress
+
+    log = io.StringIO()
+    bar = LineProgress(total=2, desc="sweep", file=log)
+    bar.update(2)
+    bar.set_description("sweep done")  # draws the final state ...
+    bar.close()  # ... which close() would draw again
+    lines = log.getvalue().splitlines()
+    assert lines and lines[-1].startswith("sweep done") and len(lines) == len(set(lines)), lines
+
+
 def test_list_shows_profiles_and_choices(capsys):
     assert main(["list", "profiles"]) == 0
     out = capsys.readouterr().out
