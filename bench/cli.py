@@ -312,7 +312,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports import build_report, parse_formats
 
     formats = parse_formats(args.format)
-    report = build_report(_home(args), args.out, formats, progress=True)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+    report = build_report(_home(args), args.out, formats, progress=True, tasks=tasks)
     for message in report.messages:
         print(f"note: {message}", file=sys.stderr)
     print(f"report in {report.out}: " + ", ".join(str(p.relative_to(report.out)) for p in report.files))
@@ -398,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--out", help="output folder (default HOME/report)")
     p.add_argument("--format", help="comma-separated subset of md,latex,csv,plots,html (default: all)")
+    p.add_argument("--tasks", help="comma-separated tasks to report (default: every task in the store), e.g. the "
+                                   "finished part of a grid that is still running")
     p.set_defaults(func=cmd_report)
     return parser
 

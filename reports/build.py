@@ -149,12 +149,25 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
     return out, notes
 
 
+def only_tasks(cells: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFrame:
+    """The cells of ``tasks``; a one-line error naming the store's tasks for a task it does not hold."""
+    present = sorted(set(cells["task"])) if not cells.empty else []
+    unknown = [t for t in tasks if t not in present]
+    if unknown:
+        raise BenchError(f"--tasks {','.join(unknown)}: no cells of that task in this store; it holds "
+                         f"{', '.join(present) or 'no cells'}.")
+    return cells[cells["task"].isin(tasks)]
+
+
 def build_report(home: Path | str, out: Path | str | None = None, formats: tuple[str, ...] = FORMATS, *,
-                 progress: bool = True) -> Report:
-    """Read the store at ``home`` and write the report in ``formats`` to ``out`` (default ``<home>/report``)."""
+                 progress: bool = True, tasks: tuple[str, ...] | None = None) -> Report:
+    """Read the store at ``home`` and write the report in ``formats`` to ``out`` (default ``<home>/report``);
+    ``tasks``: only these tasks' cells (by name)."""
     home = Path(home)
     out = Path(out) if out is not None else home / "report"
     cells = cells_mod.load(home)
+    if tasks:
+        cells = only_tasks(cells, tasks)
     store = str(home / "results.sqlite")
     tables = leaderboard.build_tables(cells)
     failed = cells[cells["status"] != "done"] if not cells.empty else cells

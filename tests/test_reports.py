@@ -402,3 +402,16 @@ def test_calibrated_and_uncalibrated_cells_of_one_profile_share_its_tables(tmp_p
     (table,) = rep.tables
     assert table.profile == "smoke"
     assert [r.group for r in table.rows] == ["calibrated to 0.5 dB on calib", "as run (each at its set strength)"]
+
+
+def test_report_of_some_tasks_holds_only_theirs(tmp_path, capsys):
+    store = Store(tmp_path / "s")
+    for task in ("derain", "sr"):
+        for seed in range(2):
+            store.put_cell(_cell(f"{task}{seed}", "asvp", {"h": 1.5}, seed, student=1.0, task=task))
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md", "csv"), progress=False, tasks=("sr",))
+    assert [t.task for t in rep.tables] == ["sr"] and set(rep.cells["task"]) == {"sr"}
+    assert "derain" not in (tmp_path / "out" / "cells.csv").read_text()
+    assert main(["report", "--home", str(tmp_path / "s"), "--out", str(tmp_path / "o2"), "--tasks", "lowlight"]) == 2
+    err = capsys.readouterr().err
+    assert "--tasks lowlight" in err and "derain, sr" in err and len(err.strip().splitlines()) == 1
