@@ -250,13 +250,19 @@ def _done_cells(path: Path) -> int:
 def test_interrupted_sweep_resumes_to_the_same_rows(loky_sweep, tmp_path):
     _, reference = loky_sweep
     home = tmp_path / "runs"
-    proc = subprocess.Popen(bench_cmd(*FLAGS, "--n-jobs", "2", home=home), env=env(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches a foreground sweep; where these tests themselves run in the background of a script
+    # (`.ci/run &`), the shell has them ignore SIGINT and every child inherits that. A handler here (not an
+    # "ignore") makes the child start with SIGINT's default, as a terminal's foreground job does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(bench_cmd(*FLAGS, "--n-jobs", "2", home=home), env=env(), start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            # a bare read-only query: opening a Store here takes long enough on a loaded machine for the
-            # remaining smoke cells to finish before the interrupt lands
+            # a bare read-only query: cheaper than opening a Store 50 times a second
             if _done_cells(home / "results.sqlite"):
                 break
             time.sleep(0.02)
@@ -265,7 +271,7 @@ def test_interrupted_sweep_resumes_to_the_same_rows(loky_sweep, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err
     before = {r["key"]: r for r in Store(home).cells()}
     assert 1 <= len(before) < 6
