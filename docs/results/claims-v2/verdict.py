@@ -141,7 +141,7 @@ def task_section(task: str, tables: list[Table], cells: pd.DataFrame) -> Iterabl
                 floor_v = ("above " if asvp.above_floor else "n.s. ") + p_text(asvp.p_floor)
             else:  # the strongest-attack view: each row against its own attack's floor, in that attack's table
                 floor_v = asvp.defense.split(" · ", 1)[-1]
-            partial = f" ({asvp.student.n} of {len(floor.pairs) if floor else '?'} pairs)" if asvp.flags else ""
+            partial = f" (on the {asvp.student.n} pairs that reach it)" if asvp.flags else ""
             priors = "; ".join(versus_priors(rows)) or "–"
             yield (f"| {cost:g} dB | {ci(asvp.student)}{partial} | {ci(asvp.ssim, 1)} | {floor_v} | {priors} |")
         if table.derived or table.attack == STRONGEST:
