@@ -167,6 +167,10 @@ LABEL_GAPS = (3.0, 8.0, 14.0, 21.0, 29.0, 38.0)
 MARKER_HALF = 4.0
 #: directions tried at each gap, in order of preference: (x, y) signs, 0 = centred on the point
 LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+#: a label pushed farther than this (points) from its point (beyond the second gap) gets a thin leader
+#: line to it: that far, a crowded label could sit nearer another family's marker than its own
+#: (docs/results/claims-v2, MAD's eps=0.008 beside ASVP's curve)
+LEADER_FROM = 12.0
 
 
 def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], renderer: Any) -> None:
@@ -175,7 +179,9 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
     Deterministic and greedy: labels are placed in the order given; each takes the first position, nearest
     gap first and then in the order of ``LABEL_DIRECTIONS``, that overlaps no label placed before it and,
     where possible, no marker (``points``, in data coordinates) and stays inside the axes. Where every
-    position overlaps a label, the one overlapping fewest is taken. Positions are computed from the text's
+    position overlaps a label, the one overlapping fewest is taken. A label placed more than
+    ``LEADER_FROM`` points from its point shows its leader line (its ``arrow_patch``, where it has one);
+    a nearer one hides it. Positions are computed from the text's
     rendered size at the axes' current layout, so call this after the figure's layout is final (labels are
     kept out of the layout, so placing them does not change it)."""
     from matplotlib.transforms import Bbox
@@ -191,7 +197,7 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
     placed: list[Any] = []
     for label in labels:
         x, y = to_display(label.xy)
-        box = label.get_window_extent(renderer)
+        box = text_box(label, renderer)
         w, h = box.width, box.height
         best: tuple[tuple[int, int, int, int], tuple[float, float]] | None = None
         for ring, gap in enumerate(LABEL_GAPS):
@@ -213,6 +219,20 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
         label.set_verticalalignment("bottom")
         label.xyann = ((left - x) / per_pt, (bottom - y) / per_pt)
         placed.append(Bbox.from_bounds(left, bottom, w, h))
+        if label.arrow_patch is not None:
+            # the nearest point of the label's box to its point, in points
+            dx = max(left - x, 0.0, x - (left + w)) / per_pt
+            dy = max(bottom - y, 0.0, y - (bottom + h)) / per_pt
+            label.arrow_patch.set_visible(math.hypot(dx, dy) > LEADER_FROM)
+
+
+def text_box(label: Any, renderer: Any) -> Any:
+    """A label's text box in display units: an annotation's own extent also covers its leader line, shown
+    or not."""
+    from matplotlib.text import Text
+
+    label.get_window_extent(renderer)  # positions the annotation for this renderer
+    return Text.get_window_extent(label, renderer)
 
 
 def _overlap(a: Any, b: Any) -> bool:
@@ -260,14 +280,18 @@ def tradeoff_figure(cells: pd.DataFrame, title: str) -> Any:
                                     color=color, marker=marker, capsize=3, elinewidth=1,
                                     markersize=8 if fam == "none" else 6,
                                     markerfacecolor="white" if calibrated else color,
-                                    linestyle=("--" if calibrated else "-") if len(pts) > 1 else "none", label=name)
+                                    linestyle=("--" if calibrated else "-") if len(pts) > 1 else "none", label=name,
+                                    # the undefended point on top: the noise floor's sits at about (0, 0) too
+                                    zorder=3 if fam == "none" else 2)
                     handles.setdefault(name, h)
                     for p in pts:
                         xy = (p["teacher"].mean, p["student"].mean)
                         points.append(xy)
                         if p["text"]:  # placed apart once the layout is final (place_labels)
                             note = ax.annotate(p["text"], xy, textcoords="offset points", xytext=(3, 3),
-                                               fontsize=8, color=color, annotation_clip=False)
+                                               fontsize=8, color=color, annotation_clip=False,
+                                               arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6,
+                                                           "shrinkA": 1, "shrinkB": MARKER_HALF})
                             note.set_in_layout(False)
                             labels.append(note)
             ax.axline((0, 0), slope=1, linestyle="--", color="0.5", linewidth=0.9, zorder=0)

@@ -196,6 +196,7 @@ def test_the_report_remarks_on_results_that_look_wrong(tmp_path):
 # ------------------------------------------------------------------------------- figures a reader can read
 def test_trade_off_labels_of_neighbouring_points_do_not_overlap(tmp_path):
     import itertools
+    import math
 
     from bench.store import Store
     from reports import cells as cells_mod
@@ -216,7 +217,7 @@ def test_trade_off_labels_of_neighbouring_points_do_not_overlap(tmp_path):
     def label_boxes(fig):
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
-        return [(t.get_text(), t.get_window_extent(renderer)) for ax in fig.axes for t in ax.texts]
+        return [(t.get_text(), plots.text_box(t, renderer)) for ax in fig.axes for t in ax.texts]
 
     def overlapping(boxes):
         return [(a, b) for (a, x), (b, y) in itertools.combinations(boxes, 2) if plots._overlap(x, y)]
@@ -227,6 +228,16 @@ def test_trade_off_labels_of_neighbouring_points_do_not_overlap(tmp_path):
         assert sorted(t for t, _ in boxes) == sorted(f"{'sigma' if d == 'output_noise' else 'h'}={s:g}"
                                                      for d, s, _, _ in close)
         assert not overlapping(boxes), overlapping(boxes)
+        # a label pushed away from its point is tied to it by a leader line; one beside its point is not
+        notes = [t for ax in fig.axes for t in ax.texts]
+        # (up and right of its point, the label's offset is its nearest corner's)
+        up_right = [t for t in notes if min(t.xyann) > 0]
+        far = [t.arrow_patch.get_visible() for t in up_right if math.hypot(*t.xyann) > 1.5 * plots.LEADER_FROM]
+        near = [t.arrow_patch.get_visible() for t in up_right if math.hypot(*t.xyann) < plots.LEADER_FROM]
+        assert far and all(far) and near and not any(near), [(t.get_text(), t.xyann) for t in notes]
+        # the undefended point is drawn above every other family's
+        lines = {ln.get_label(): ln.get_zorder() for ax in fig.axes for ln in ax.lines if ln.get_label()}
+        assert lines.get("none", 3) >= max(lines.values())
         for text in (t for ax in fig.axes for t in ax.texts):  # all at one offset, as before: they collide
             text.xyann = (3, 3)
             text.set_horizontalalignment("left")
