@@ -271,3 +271,28 @@ def test_cheap_readme_commands_run_on_the_smoke_profile(tmp_path, monkeypatch, c
         ran.append(argv[0])
     # the README's own first steps: cells run, the plugins listed, the report written
     assert {"run", "list", "report"} <= set(ran), ran
+
+
+def test_the_readme_layouts_table_names_every_layout_for_its_tasks():
+    """The "Your datasets as they lie on disk" table lists each known layout once, under the tasks that
+    recognise it (``any`` for one every task reads), and its one command reads that layout's task."""
+    from bench.layouts import LAYOUTS
+
+    text = README.read_text()
+    start = text.index("### Your datasets as they lie on disk")
+    rows = [line for line in text[start:].split("\n\n", 3)[2].splitlines() if line.startswith("| ")][1:]
+    assert rows, "the layouts table is gone from README.md"
+    table = {}
+    for row in rows:
+        task, layout, *_, command = [cell.strip() for cell in row.strip("|").split("|")]
+        name = layout.strip("`")
+        assert name not in table, f"layout {name} listed twice"
+        table[name] = (task, command.strip("`"))
+    assert set(table) == set(LAYOUTS), f"README lists {sorted(table)}, the suite knows {sorted(LAYOUTS)}"
+    for name, (task, command) in table.items():
+        tasks = LAYOUTS[name].tasks
+        assert (task == "any") if not tasks else (task in tasks), f"{name}: README says {task}, layout says {tasks}"
+        argv = shlex.split(command)
+        assert argv[:2] == ["bench", "run"], command
+        assert not tasks or argv[argv.index("--task") + 1] in tasks, f"{name}: {command} runs another task"
+        _parse(argv[1:])  # its flags exist
