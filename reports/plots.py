@@ -178,7 +178,8 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
 
     Deterministic and greedy: labels are placed in the order given; each takes the first position, nearest
     gap first and then in the order of ``LABEL_DIRECTIONS``, that overlaps no label placed before it and,
-    where possible, no marker (``points``, in data coordinates) and stays inside the axes. Where every
+    where possible, no marker (``points``, in data coordinates), stays inside the axes and lies nearer its own
+    point than any other (else a reader pairs it with the wrong point). Where every
     position overlaps a label, the one overlapping fewest is taken. A label placed more than
     ``LEADER_FROM`` points from its point shows its leader line (its ``arrow_patch``, where it has one);
     a nearer one hides it. Positions are computed from the text's
@@ -193,13 +194,15 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
     to_display = ax.transData.transform
     markers = [Bbox.from_bounds(x - MARKER_HALF * per_pt, y - MARKER_HALF * per_pt, 2 * MARKER_HALF * per_pt,
                                 2 * MARKER_HALF * per_pt) for x, y in to_display(points)] if points else []
+    centres = [tuple(c) for c in to_display(points)] if points else []
     inside = ax.bbox
     placed: list[Any] = []
     for label in labels:
         x, y = to_display(label.xy)
+        others = [(cx, cy) for cx, cy in centres if math.hypot(cx - x, cy - y) > 0.5]
         box = text_box(label, renderer)
         w, h = box.width, box.height
-        best: tuple[tuple[int, int, int, int], tuple[float, float]] | None = None
+        best: tuple[tuple[int, ...], tuple[float, float]] | None = None
         for ring, gap in enumerate(LABEL_GAPS):
             g = gap * per_pt
             for k, (sx, sy) in enumerate(LABEL_DIRECTIONS):
@@ -208,10 +211,12 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
                 cand = Bbox.from_bounds(left - margin, bottom - margin, w + 2 * margin, h + 2 * margin)
                 clash = sum(_overlap(cand, other) for other in placed)
                 blocked = sum(_overlap(cand, m) for m in markers) + (0 if _within(cand, inside) else 1)
-                score = (clash, blocked, ring, k)
+                own = _distance(cand, x, y)
+                foreign = int(any(_distance(cand, cx, cy) < own for cx, cy in others))
+                score = (clash, blocked, foreign, ring, k)
                 if best is None or score < best[0]:
                     best = (score, (left, bottom))
-            if best is not None and best[0][:2] == (0, 0):
+            if best is not None and best[0][:3] == (0, 0, 0):
                 break
         assert best is not None
         left, bottom = best[1]
@@ -219,11 +224,13 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
         label.set_verticalalignment("bottom")
         label.xyann = ((left - x) / per_pt, (bottom - y) / per_pt)
         placed.append(Bbox.from_bounds(left, bottom, w, h))
-        if label.arrow_patch is not None:
-            # the nearest point of the label's box to its point, in points
-            dx = max(left - x, 0.0, x - (left + w)) / per_pt
-            dy = max(bottom - y, 0.0, y - (bottom + h)) / per_pt
-            label.arrow_patch.set_visible(math.hypot(dx, dy) > LEADER_FROM)
+        if label.arrow_patch is not None:  # how far the label's box is from its point, in points
+            label.arrow_patch.set_visible(_distance(Bbox.from_bounds(left, bottom, w, h), x, y) / per_pt > LEADER_FROM)
+
+
+def _distance(box: Any, x: float, y: float) -> float:
+    """From a point to the nearest point of a box (0 inside it), in display units."""
+    return math.hypot(max(box.x0 - x, 0.0, x - box.x1), max(box.y0 - y, 0.0, y - box.y1))
 
 
 def text_box(label: Any, renderer: Any) -> Any:
@@ -290,7 +297,8 @@ def tradeoff_figure(cells: pd.DataFrame, title: str) -> Any:
                         if p["text"]:  # placed apart once the layout is final (place_labels)
                             note = ax.annotate(p["text"], xy, textcoords="offset points", xytext=(3, 3),
                                                fontsize=8, color=color, annotation_clip=False,
-                                               arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6,
+                                               # grey: in the family's colour it vanished on its own curve
+                                               arrowprops={"arrowstyle": "-", "color": "0.35", "linewidth": 0.6,
                                                            "shrinkA": 1, "shrinkB": MARKER_HALF})
                             note.set_in_layout(False)
                             labels.append(note)

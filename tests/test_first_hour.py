@@ -196,7 +196,6 @@ def test_the_report_remarks_on_results_that_look_wrong(tmp_path):
 # ------------------------------------------------------------------------------- figures a reader can read
 def test_trade_off_labels_of_neighbouring_points_do_not_overlap(tmp_path):
     import itertools
-    import math
 
     from bench.store import Store
     from reports import cells as cells_mod
@@ -230,11 +229,13 @@ def test_trade_off_labels_of_neighbouring_points_do_not_overlap(tmp_path):
         assert not overlapping(boxes), overlapping(boxes)
         # a label pushed away from its point is tied to it by a leader line; one beside its point is not
         notes = [t for ax in fig.axes for t in ax.texts]
-        # (up and right of its point, the label's offset is its nearest corner's)
-        up_right = [t for t in notes if min(t.xyann) > 0]
-        far = [t.arrow_patch.get_visible() for t in up_right if math.hypot(*t.xyann) > 1.5 * plots.LEADER_FROM]
-        near = [t.arrow_patch.get_visible() for t in up_right if math.hypot(*t.xyann) < plots.LEADER_FROM]
-        assert far and all(far) and near and not any(near), [(t.get_text(), t.xyann) for t in notes]
+        renderer = fig.canvas.get_renderer()
+        per_pt = fig.dpi / 72.0
+        gaps = {t: plots._distance(plots.text_box(t, renderer), *t.axes.transData.transform(t.xy)) / per_pt
+                for t in notes}
+        far = [t.arrow_patch.get_visible() for t in notes if gaps[t] > plots.LEADER_FROM]
+        near = [t.arrow_patch.get_visible() for t in notes if gaps[t] <= plots.LEADER_FROM]
+        assert far and all(far) and near and not any(near), [(t.get_text(), gaps[t]) for t in notes]
         # the undefended point is drawn above every other family's
         lines = {ln.get_label(): ln.get_zorder() for ax in fig.axes for ln in ax.lines if ln.get_label()}
         assert lines.get("none", 3) >= max(lines.values())
