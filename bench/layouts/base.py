@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import BenchError
-from bench.layouts.images import _subdirs
-from bench.layouts.pairs import Pair, Plan, _Ctx, _label
+from bench.layouts.images import subdirs
+from bench.layouts.pairs import FindContext, Pair, Plan, part_label
 from bench.layouts.splitting import test_only
 
 
@@ -40,14 +40,14 @@ class Layout:
         ``test_set`` names a test folder the layout would not recognise by its name."""
         raise NotImplementedError
 
-    def pairs_in(self, folder: Path, part: str, where: str, ctx: _Ctx) -> list[Pair]:
+    def pairs_in(self, folder: Path, part: str, where: str, ctx: FindContext) -> list[Pair]:
         raise NotImplementedError
 
     def missing(self, root: Path) -> str:
         """The one-line error for a tree this layout does not recognise."""
         return f"{root} does not hold the {self.name} layout ({self.dataset}): expected {self.expects}."
 
-    def find(self, root: Path, ctx: _Ctx) -> list[Pair]:
+    def find(self, root: Path, ctx: FindContext) -> list[Pair]:
         plan = self.plan(root, ctx.test_set)
         if plan is None:
             raise BenchError(self.missing(root))
@@ -60,19 +60,19 @@ class Layout:
             raise BenchError(test_only(root, self))
         pairs = []
         for folder in plan.train:
-            pairs += self.pairs_in(folder, "train", _label(root, folder), ctx)
+            pairs += self.pairs_in(folder, "train", part_label(root, folder), ctx)
         chosen = self.choose_test(root, plan, ctx)
         if chosen is not None:
-            pairs += self.pairs_in(chosen, "test", _label(root, chosen), ctx)
+            pairs += self.pairs_in(chosen, "test", part_label(root, chosen), ctx)
         elif ctx.test_set:
             raise BenchError(f"--set task.test_set={ctx.test_set}: {root} has no test set (layout {self.name} "
                              f"expects {self.expects}).")
         return pairs
 
-    def choose_test(self, root: Path, plan: Plan, ctx: _Ctx) -> Path | None:
+    def choose_test(self, root: Path, plan: Plan, ctx: FindContext) -> Path | None:
         if not plan.test:
             return None
-        labels = [_label(root, f) or f.name for f in plan.test]
+        labels = [part_label(root, f) or f.name for f in plan.test]
         if ctx.test_set:
             want = ctx.test_set.strip("/").lower()
             hits = [f for f, lab in zip(plan.test, labels) if want in (lab.lower(), f.name.lower())]
@@ -88,18 +88,18 @@ class Layout:
                 raise BenchError(f"{root} holds several test sets ({', '.join(labels)}; layout {self.name}); choose "
                                  "one with --set task.test_set=NAME.")
             chosen, ctx.test_chosen = plan.test[labels.index(pick)], True
-        ctx.test_label = _label(root, chosen) or chosen.name
+        ctx.test_label = part_label(root, chosen) or chosen.name
         return chosen
 
     def _parts(self, root: Path, holds: Callable[[Path], bool]) -> Plan | None:
         """Train/test part folders of ``root`` (each holding the layout itself, or subsets that do), the root
         as a lone part when its own name is a part's, or the root as one folder without a split."""
         def expand(folder: Path) -> list[Path]:
-            return [folder] if holds(folder) else [k for k in _subdirs(folder) if holds(k)]
+            return [folder] if holds(folder) else [k for k in subdirs(folder) if holds(k)]
 
         train_names = {n.lower() for n in self.train}
         test_names = {n.lower() for n in self.test}
-        kids = _subdirs(root)
+        kids = subdirs(root)
         train = [f for k in kids if k.name.lower() in train_names for f in expand(k)]
         test = [f for k in kids if k.name.lower() in test_names for f in expand(k)]
         if train or test:

@@ -94,7 +94,7 @@ def natural(text: str) -> tuple[tuple[Any, ...], str]:
     return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), text
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subdirs(folder: Path) -> list[Path]:
     try:
         kids = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
     except OSError:
@@ -102,9 +102,9 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(kids, key=lambda p: natural(p.name))
 
 
-def _child(folder: Path, names: Sequence[str]) -> Path | None:
+def child_folder(folder: Path, names: Sequence[str]) -> Path | None:
     """The first of ``names`` (``.``: the folder itself) that is a subfolder of ``folder``, any case."""
-    kids = {p.name.lower(): p for p in _subdirs(folder)}
+    kids = {p.name.lower(): p for p in subdirs(folder)}
     for name in names:
         if name == ".":
             return folder
@@ -113,7 +113,7 @@ def _child(folder: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """The image files of ``folder`` in natural name order (none if it cannot be listed)."""
     try:
         with os.scandir(folder) as entries:
@@ -128,7 +128,7 @@ def list_images(folder: Path) -> list[Path]:
     """The image files of ``folder`` in natural name order; BenchError if two share a name."""
     if not os.access(folder, os.R_OK | os.X_OK):
         raise BenchError(f"cannot list {folder}; check the path and its permissions.")
-    found = _image_files(folder)
+    found = image_files(folder)
     seen: dict[str, Path] = {}
     for path in found:
         if path.stem in seen:

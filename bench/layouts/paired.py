@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bench import BenchError
 from bench.layouts.base import Layout
-from bench.layouts.images import _child, _image_files, _subdirs, list_images, natural
-from bench.layouts.pairs import Pair, Plan, _Ctx
+from bench.layouts.images import child_folder, image_files, list_images, natural, subdirs
+from bench.layouts.pairs import FindContext, Pair, Plan
 
 _PLACEHOLDERS = {"key": r"(?P<key>.+?)", "n": r"\d+", "any": r".+"}
 
@@ -55,7 +55,7 @@ class Form:
         return None
 
     def folders(self, part: Path) -> tuple[Path, Path] | None:
-        d, c = _child(part, self.degraded), _child(part, self.clean)
+        d, c = child_folder(part, self.degraded), child_folder(part, self.clean)
         return (d, c) if d is not None and c is not None else None
 
 
@@ -72,11 +72,11 @@ class PairedLayout(Layout):
             dirs = form.folders(part)
             if dirs is None:
                 continue
-            degraded = [p for p in _image_files(dirs[0]) if form.keys(p.stem)]
+            degraded = [p for p in image_files(dirs[0]) if form.keys(p.stem)]
             if not degraded:
                 continue
             if sample:
-                clean = {form.clean_key(p.stem) for p in _image_files(dirs[1])}
+                clean = {form.clean_key(p.stem) for p in image_files(dirs[1])}
                 if not any(k in clean for p in degraded[:8] for k in form.keys(p.stem)):
                     continue
             return form, dirs[0], dirs[1]
@@ -86,19 +86,19 @@ class PairedLayout(Layout):
         return self._parts(root, lambda f: self.form_of(f, sample=True) is not None)
 
     def missing(self, root: Path) -> str:
-        for folder in [root, *[k for k in _subdirs(root) if k.name.lower() in {*map(str.lower, self.train),
+        for folder in [root, *[k for k in subdirs(root) if k.name.lower() in {*map(str.lower, self.train),
                                                                               *map(str.lower, self.test)}]]:
             for form in self.forms:
                 if "." in form.degraded + form.clean:
                     continue
-                d, c = _child(folder, form.degraded), _child(folder, form.clean)
+                d, c = child_folder(folder, form.degraded), child_folder(folder, form.clean)
                 if (d is None) != (c is None):  # half a form: name the folder that is missing
                     absent = folder / (form.degraded[0] if d is None else form.clean[0])
                     return (f"{absent} is missing: layout {self.name} expects {self.expects} ({self.dataset}); add it "
                             "or name another layout with --layout.")
         return super().missing(root)
 
-    def pairs_in(self, folder: Path, part: str, where: str, ctx: _Ctx) -> list[Pair]:
+    def pairs_in(self, folder: Path, part: str, where: str, ctx: FindContext) -> list[Pair]:
         held = self.form_of(folder)
         if held is None:
             empty = " so the test split would be empty" if part == "test" else ""

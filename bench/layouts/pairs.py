@@ -57,7 +57,10 @@ class Found:
 
 
 @dataclass
-class _Ctx:
+class FindContext:
+    """What a layout's finding is told and notes as it goes: the task's scale, the test set asked for,
+    whether a split file chooses the pools, and which test folder it took."""
+
     scale: int
     test_set: str
     split_file: bool = False  # a split file may take train pairs from a tree of test sets
@@ -65,7 +68,8 @@ class _Ctx:
     test_chosen: bool = False
 
 
-def _label(root: Path, folder: Path) -> str:
+def part_label(root: Path, folder: Path) -> str:
+    """A part folder's name as messages and identities show it: relative to the set's root ("" for the root)."""
     if folder == root:
         return ""
     try:

@@ -19,7 +19,7 @@ from bench.layouts.base import Layout
 from bench.layouts.images import as_float, image_size, read_pixels
 from bench.layouts.known import LAYOUTS, layouts_for
 from bench.layouts.paired import Form, pair_folders
-from bench.layouts.pairs import Found, Pair, _Ctx
+from bench.layouts.pairs import FindContext, Found, Pair
 from bench.layouts.pools import ImageList, LazyPool
 from bench.layouts.splitting import assign_pools, read_split_file, scene_by_pattern
 
@@ -72,7 +72,7 @@ class DataSource:
     def _find(self) -> Found:
         p, task = self.params, self.task
         scale = int(task.scale)
-        ctx = _Ctx(scale=scale, test_set=p.test_set, split_file=bool(p.split_file))
+        ctx = FindContext(scale=scale, test_set=p.test_set, split_file=bool(p.split_file))
         if p.input or p.target:
             if p.data:
                 raise BenchError("give --data DIR (a dataset's tree) or --input DIR --target DIR (two folders of "

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from bench import BenchError
 from bench.layouts.base import Layout
-from bench.layouts.images import _child, _image_files, _subdirs, list_images, natural
-from bench.layouts.pairs import Pair, Plan, _Ctx
+from bench.layouts.images import child_folder, image_files, list_images, natural, subdirs
+from bench.layouts.pairs import FindContext, Pair, Plan
 
 _HR_DIR = re.compile(r"(?P<prefix>.+)_HR", re.IGNORECASE)
 _TEST_WORDS = re.compile(r"(^|[_\-])(valid|val|validation|test|testing)([_\-]|$)", re.IGNORECASE)
@@ -32,7 +32,7 @@ class SRLayout(Layout):
 
     @staticmethod
     def hr_dirs(root: Path) -> list[tuple[str, Path]]:
-        return [(m.group("prefix"), d) for d in _subdirs(root) if (m := _HR_DIR.fullmatch(d.name))]
+        return [(m.group("prefix"), d) for d in subdirs(root) if (m := _HR_DIR.fullmatch(d.name))]
 
     @staticmethod
     def hr_of(folder: Path) -> tuple[Path, Path | None] | None:
@@ -40,10 +40,10 @@ class SRLayout(Layout):
         ``LR_bicubic/``, or a folder of images."""
         m = _HR_DIR.fullmatch(folder.name)
         if m:
-            return folder, _child(folder.parent, (f"{m.group('prefix')}_LR_bicubic",))
-        hr = _child(folder, ("HR",))
+            return folder, child_folder(folder.parent, (f"{m.group('prefix')}_LR_bicubic",))
+        hr = child_folder(folder, ("HR",))
         if hr is not None and _has_images(hr):
-            return hr, _child(folder, ("LR_bicubic",))
+            return hr, child_folder(folder, ("LR_bicubic",))
         return (folder, None) if _has_images(folder) else None
 
     def plan(self, root: Path, test_set: str = "") -> Plan | None:
@@ -56,7 +56,7 @@ class SRLayout(Layout):
             if not hr:
                 return None
             return Plan(train=hr_train, test=[d for p, d in hr if _TEST_WORDS.search(p)])
-        kids = _subdirs(root)
+        kids = subdirs(root)
         named = (*BENCHMARKS, test_set.strip("/").lower()) if test_set else BENCHMARKS
         tests = [k for k in kids if k.name.lower() in named and usable(k)]
         trains = [k for k in kids if k.name.lower() == "train" and usable(k)] + hr_train
@@ -71,7 +71,7 @@ class SRLayout(Layout):
             return Plan(single=root)
         return None  # HR folders without a benchmark set: div2k's tree
 
-    def pairs_in(self, folder: Path, part: str, where: str, ctx: _Ctx) -> list[Pair]:
+    def pairs_in(self, folder: Path, part: str, where: str, ctx: FindContext) -> list[Pair]:
         held = self.hr_of(folder)
         if held is None:
             raise BenchError(f"{folder} holds no HR images (layout {self.name} expects {self.expects}).")
@@ -84,7 +84,7 @@ class SRLayout(Layout):
 
 
 def _has_images(folder: Path) -> bool:
-    return bool(_image_files(folder))
+    return bool(image_files(folder))
 
 
 def sr_pairs(hr_dir: Path, lr_root: Path | None, scale: int, *, part: str, where: str, layout: Layout) -> list[Pair]:
@@ -93,7 +93,7 @@ def sr_pairs(hr_dir: Path, lr_root: Path | None, scale: int, *, part: str, where
     hr = list_images(hr_dir)
     if lr_root is None:
         return [Pair(p.stem, None, p, p.stem, part, where) for p in hr]
-    xs = {d.name.upper(): d for d in _subdirs(lr_root) if re.fullmatch(r"X\d+", d.name, re.IGNORECASE)}
+    xs = {d.name.upper(): d for d in subdirs(lr_root) if re.fullmatch(r"X\d+", d.name, re.IGNORECASE)}
     want = f"X{scale}"
     if want not in xs:
         have = ", ".join(sorted(xs, key=natural)) or "no X2/X3/X4 folder"
