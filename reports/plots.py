@@ -178,13 +178,12 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
 
     Deterministic and greedy: labels are placed in the order given; each takes the first position, nearest
     gap first and then in the order of ``LABEL_DIRECTIONS``, that overlaps no label placed before it and,
-    where possible, no marker (``points``, in data coordinates), stays inside the axes and lies nearer its own
-    point than any other (else a reader pairs it with the wrong point). Where every
-    position overlaps a label, the one overlapping fewest is taken. A label placed more than
-    ``LEADER_FROM`` points from its point shows its leader line (its ``arrow_patch``, where it has one);
-    a nearer one hides it. Positions are computed from the text's
-    rendered size at the axes' current layout, so call this after the figure's layout is final (labels are
-    kept out of the layout, so placing them does not change it)."""
+    where possible, no marker (``points``, in data coordinates), stays inside the axes and lies nearer its
+    own point than any other (else a reader pairs it with the wrong point). Where every position overlaps a
+    label, the one overlapping fewest is taken. A label placed more than ``LEADER_FROM`` points from its
+    point shows its leader line (its ``arrow_patch``, where it has one); a nearer one hides it. Positions
+    are computed from the text's rendered size at the axes' current layout, so call this after the
+    figure's layout is final (labels are kept out of the layout, so placing them does not change it)."""
     from matplotlib.transforms import Bbox
 
     if not labels:
@@ -192,9 +191,9 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
     per_pt = ax.figure.dpi / 72.0
     margin = 1.0 * per_pt
     to_display = ax.transData.transform
-    markers = [Bbox.from_bounds(x - MARKER_HALF * per_pt, y - MARKER_HALF * per_pt, 2 * MARKER_HALF * per_pt,
-                                2 * MARKER_HALF * per_pt) for x, y in to_display(points)] if points else []
-    centres = [tuple(c) for c in to_display(points)] if points else []
+    centres = [(float(cx), float(cy)) for cx, cy in to_display(points)] if points else []
+    markers = [Bbox.from_bounds(cx - MARKER_HALF * per_pt, cy - MARKER_HALF * per_pt, 2 * MARKER_HALF * per_pt,
+                                2 * MARKER_HALF * per_pt) for cx, cy in centres]
     inside = ax.bbox
     placed: list[Any] = []
     for label in labels:
