@@ -63,12 +63,20 @@ def png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+# No timestamp in either vector format, and SVG's clip-path ids from a fixed salt instead of a random one:
+# a regenerated report differs from the committed one only where its numbers do (diffs that review).
+VECTOR_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
 def rendered(fig: Any) -> dict[str, bytes]:
     """The figure as PNG (HTML, slides) and as PDF and SVG (vector: what a LaTeX paper includes)."""
+    import matplotlib
+
     out = {"png": png_bytes(fig)}
     for fmt in ("pdf", "svg"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, facecolor="white", metadata={"Date": None} if fmt == "pdf" else None)
+        with matplotlib.rc_context({"svg.hashsalt": "antidistill-bench"}):
+            fig.savefig(buf, format=fmt, facecolor="white", metadata=VECTOR_METADATA[fmt])
         out[fmt] = buf.getvalue()
     return out
 

@@ -415,3 +415,21 @@ def test_report_of_some_tasks_holds_only_theirs(tmp_path, capsys):
     assert main(["report", "--home", str(tmp_path / "s"), "--out", str(tmp_path / "o2"), "--tasks", "lowlight"]) == 2
     err = capsys.readouterr().err
     assert "--tasks lowlight" in err and "derain, sr" in err and len(err.strip().splitlines()) == 1
+
+
+def test_vector_plots_are_byte_stable():
+    """Rendering the same figure twice gives the same PDF and SVG bytes (no timestamps, no random ids), so a
+    regenerated report shows in git only where its numbers changed."""
+    from reports.plots import new_figure, rendered, style
+
+    def draw() -> dict[str, bytes]:
+        with style():
+            fig = new_figure(3, 2)
+            ax = fig.add_subplot()
+            ax.plot([0, 1, 2], [0.0, 0.5, 0.2], marker="o")
+            ax.set_title("ASVP")
+            return rendered(fig)
+
+    first, second = draw(), draw()
+    assert first["pdf"] == second["pdf"] and b"CreationDate" not in first["pdf"]
+    assert first["svg"] == second["svg"] and b"<dc:date>" not in first["svg"]
