@@ -171,7 +171,7 @@ def tradeoff(cells: pd.DataFrame, title: str) -> dict[str, bytes]:
 
 #: label placement (points): gaps between a point and its label, tried nearest first, and the half-size of
 #: the square kept clear around every marker
-LABEL_GAPS = (3.0, 8.0, 14.0, 21.0, 29.0, 38.0)
+LABEL_GAPS = (3.0, 8.0, 14.0, 21.0, 29.0, 38.0, 50.0, 64.0)
 MARKER_HALF = 4.0
 #: directions tried at each gap, in order of preference: (x, y) signs, 0 = centred on the point
 LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
@@ -179,16 +179,18 @@ LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1),
 #: line to it: that far, a crowded label could sit nearer another family's marker than its own
 #: (docs/results/claims-v2, MAD's eps=0.008 beside ASVP's curve)
 LEADER_FROM = 12.0
+#: behind each point label: white, mostly opaque, padded less than the 1 pt margin placement keeps
+LABEL_BACKING = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
 
 
 def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], renderer: Any) -> None:
     """Move point labels (annotations in offset points, anchored at their points) so that no two overlap.
 
     Deterministic and greedy: labels are placed in the order given; each takes the first position, nearest
-    gap first and then in the order of ``LABEL_DIRECTIONS``, that overlaps no label placed before it and,
-    where possible, no marker (``points``, in data coordinates), stays inside the axes and lies nearer its
+    gap first and then in the order of ``LABEL_DIRECTIONS``, that stays inside the axes, overlaps no label
+    placed before it and, where possible, no marker (``points``, in data coordinates), and lies nearer its
     own point than any other (else a reader pairs it with the wrong point). Where every position overlaps a
-    label, the one overlapping fewest is taken. A label placed more than ``LEADER_FROM`` points from its
+    label or leaves the axes, the one doing so least is taken. A label placed more than ``LEADER_FROM`` points from its
     point shows its leader line (its ``arrow_patch``, where it has one); a nearer one hides it. Positions
     are computed from the text's rendered size at the axes' current layout, so call this after the
     figure's layout is final (labels are kept out of the layout, so placing them does not change it)."""
@@ -216,8 +218,10 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
                 left = x + g if sx > 0 else (x - g - w if sx < 0 else x - w / 2)
                 bottom = y + g if sy > 0 else (y - g - h if sy < 0 else y - h / 2)
                 cand = Bbox.from_bounds(left - margin, bottom - margin, w + 2 * margin, h + 2 * margin)
-                clash = sum(_overlap(cand, other) for other in placed)
-                blocked = sum(_overlap(cand, m) for m in markers) + (0 if _within(cand, inside) else 1)
+                # outside the axes a label lands on ticks and axis titles, which nothing here tracks: as bad
+                # as covering another label
+                clash = sum(_overlap(cand, other) for other in placed) + (0 if _within(cand, inside) else 1)
+                blocked = sum(_overlap(cand, m) for m in markers)
                 own = _distance(cand, x, y)
                 foreign = int(any(_distance(cand, cx, cy) < own for cx, cy in others))
                 score = (clash, blocked, foreign, ring, k)
@@ -303,7 +307,10 @@ def tradeoff_figure(cells: pd.DataFrame, title: str) -> Any:
                         points.append(xy)
                         if p["text"]:  # placed apart once the layout is final (place_labels)
                             note = ax.annotate(p["text"], xy, textcoords="offset points", xytext=(3, 3),
-                                               fontsize=8, color=color, annotation_clip=False,
+                                               fontsize=8, color=color, annotation_clip=False, zorder=4,
+                                               # error bars and curves are not avoided (markers are): a
+                                               # light backing keeps a crossed label legible
+                                               bbox=LABEL_BACKING,
                                                # grey: in the family's colour it vanished on its own curve
                                                arrowprops={"arrowstyle": "-", "color": "0.35", "linewidth": 0.6,
                                                            "shrinkA": 1, "shrinkB": MARKER_HALF})
