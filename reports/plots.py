@@ -190,10 +190,10 @@ def place_labels(ax: Any, labels: list[Any], points: list[tuple[float, float]], 
     gap first and then in the order of ``LABEL_DIRECTIONS``, that stays inside the axes, overlaps no label
     placed before it and, where possible, no marker (``points``, in data coordinates), and lies nearer its
     own point than any other (else a reader pairs it with the wrong point). Where every position overlaps a
-    label or leaves the axes, the one doing so least is taken. A label placed more than ``LEADER_FROM`` points from its
-    point shows its leader line (its ``arrow_patch``, where it has one); a nearer one hides it. Positions
-    are computed from the text's rendered size at the axes' current layout, so call this after the
-    figure's layout is final (labels are kept out of the layout, so placing them does not change it)."""
+    label or leaves the axes, the one doing so least is taken. A label placed more than ``LEADER_FROM``
+    points from its point shows its leader line (its ``arrow_patch``, where it has one); a nearer one hides
+    it. Positions are computed from the text's rendered size at the axes' current layout, so call this after
+    the figure's layout is final (labels are kept out of the layout, so placing them does not change it)."""
     from matplotlib.transforms import Bbox
 
     if not labels:
