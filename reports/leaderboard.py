@@ -329,7 +329,7 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
             if m.value is not None:
                 values[what][pair] = m.value
             elif what == "student":
-                short.append(max(c["teacher_drop_db"]))
+                short.append((min(c["teacher_drop_db"]), max(c["teacher_drop_db"])))
             if what == "student" and not m.monotone:
                 nonmonotone += 1
     reached = len(values["student"])
@@ -340,10 +340,7 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
               matched_cost=cost, samples=values["student"])
     if reached < len(pairs):
         row.flags += PARTIAL
-        lo, hi = min(short), max(short)
-        why = f"the others reach only {lo:.2f}" + ("" if hi - lo < 0.005 else f"–{hi:.2f}") + " dB"
-        if not reached:
-            why = why.replace("the others reach", "they reach")
+        why = _why_short(short, cost, "the others" if reached else "they")
         where = f"on {reached} of {len(pairs)} seed pairs" if reached else "on none of its seed pairs"
         notes.append(f"{PARTIAL} {label} reaches {format_value(cost)} dB of test cost {where} ({why}); "
                      + ("its row is over the pairs that reach it." if reached else "it is not ranked there."))
@@ -351,6 +348,20 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
         notes.append(f"{label}: teacher cost on test is not monotone in strength on {nonmonotone} of {len(pairs)} "
                      "seed pairs; the first crossing of each cost is used.")
     return row
+
+
+def _why_short(short: list[tuple[float, float]], cost: float, who: str) -> str:
+    """Why some seed pairs have no value at a matched cost, from each one's (lowest, highest) test cost: its
+    curve stays below the cost, or, without a zero-cost point (a retrained teacher), lies above it."""
+    def span(values: list[float]) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo:.2f}" + ("" if hi - lo < 0.005 else f"–{hi:.2f}") + " dB"
+
+    below = [hi for lo, hi in short if not lo > cost]
+    above = [lo for lo, hi in short if lo > cost]
+    parts = ([f"reach only {span(below)}"] if below else []) + (
+        [f"cost more than that at every strength, {span(above)} at the least"] if above else [])
+    return f"{who} " + " or ".join(parts)
 
 
 def _rank(rows: list[Row]) -> list[Row]:

@@ -232,3 +232,16 @@ def test_each_defense_is_also_judged_against_the_strongest_attack(tmp_path):
     jitter = [0.01 * ((7 * s + 3 * t + 3 + 10) % 5) for t, s in PAIRS]
     assert rows["mad · vs feature_kd"].student.mean == pytest.approx(0.3 + sum(jitter) / len(jitter))
     assert "strongest attack run" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_pair_short_of_a_matched_cost_says_which_side_it_missed():
+    """A pair with no value at a matched cost either stays below it or, for a curve without a zero-cost point
+    (a nasty teacher is retrained, so even its mildest strength costs something), lies above it at every
+    strength; the note must not call the latter "reaching only" its highest cost."""
+    from reports.leaderboard import _why_short
+
+    assert _why_short([(0.2, 0.5), (0.3, 0.55)], 1.0, "they") == "they reach only 0.50–0.55 dB"
+    above = _why_short([(0.26, 0.97), (0.3, 0.96)], 0.1, "the others")
+    assert above == "the others cost more than that at every strength, 0.26–0.30 dB at the least"
+    both = _why_short([(0.0, 0.5), (0.26, 0.97)], 0.1, "the others")
+    assert "reach only 0.50 dB" in both and "0.26 dB at the least" in both
