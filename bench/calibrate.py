@@ -267,7 +267,8 @@ def calibration_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
     return {"kind": "calibration", "recipe": CALIBRATION_RECIPE, "teacher": teacher_key,
             "defense": cell.defense.calibration_identity(), "budget_db": float(cell.spec.budget_db),
             "calib": {"task": cell.task.name, "digest": pool_digest(cell.task.splits().calib)},
-            "bracket": list(strength_bracket(cell.defense)[:2]), "profile": profile, "seed": CALIBRATION_SEED}
+            "bracket": list(strength_bracket(cell.defense)[:2]), "profile": profile, "seed": CALIBRATION_SEED,
+            **cell.student_numerics()}
 
 
 def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artifacts, store: Store, *,

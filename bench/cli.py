@@ -51,6 +51,9 @@ def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) 
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
                         "result's key (a GPU's numbers are not a CPU's)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch threads (default: every core); part of every trained model's key, since thread "
+                        "counts change trained models; a parallel sweep trains with 1 per job")
     p.add_argument("--home", help="store location (default $BENCH_HOME or ./runs)")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
     if calibrating:
@@ -116,7 +119,19 @@ def spec_from_args(args: argparse.Namespace, teacher_seed: int | None = None) ->
                     profile_params=groups.get("profile", {}), teacher_seed=teacher_seed,
                     teacher=getattr(args, "teacher", None), weights=getattr(args, "weights", None),
                     student=getattr(args, "student", None), budget_db=args.budget,
-                    device=resolve_device(args.device))
+                    device=resolve_device(args.device), threads=_threads(args))
+
+
+def _threads(args: argparse.Namespace) -> int:
+    """``--threads N``: applied to this process now, since the cell's key says it ran with N."""
+    import torch
+
+    n = int(getattr(args, "threads", 0) or 0)
+    if n < 0:
+        raise BenchError(f"--threads must be >= 1 (or 0: every core), got {n}.")
+    if n:
+        torch.set_num_threads(n)
+    return n
 
 
 def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
@@ -206,7 +221,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifacts = Artifacts(store.home)
     with on_device(cell.spec.device, precision=cell.profile.precision):
         teacher, teacher_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts,
-                                              numerics_=cell.numerics, progress=True,
+                                              numerics_=cell.teacher_numerics, progress=True,
                                               user_model=cell.teacher_model)
         cal = calibrate(cell, teacher, teacher_key, artifacts, store, progress=True, force=args.force,
                         tol=args.tol)

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 import bench
-from bench import BenchError, adaptive
+from bench import BenchError, adaptive, guards
 from bench.api import Attack, AttackContext, Defense, FitContext, Task
 from bench.cache import Artifacts, atomic_write_bytes, config_key
 from bench.calibrate import calibrated_cell, check_budget, pool_digest
@@ -74,6 +75,10 @@ class CellSpec:
     threads: int = 0
     #: the device the cell runs on (cpu, cuda, cuda:N; auto is resolved by :func:`resolve`)
     device: str = "cpu"
+    #: the thread count of an existing teacher trained with other threads than the cell's, which the cell's
+    #: students learn from instead of training a second teacher (0: the teacher of the cell's own numerics).
+    #: Filled in by :func:`share_teacher` (bench run and the sweep's planner), not by hand.
+    teacher_threads: int = 0
 
 
 @dataclass
@@ -103,6 +108,8 @@ class Cell:
                         if k not in ("name", "precision") and (budgeted or k not in CALIB_FIELDS)},
         }
         config["numerics"] = self.numerics
+        if self.shares_teacher:  # only when set, so the keys of cells on their own numerics' teacher stay
+            config["teacher_threads"] = self.spec.teacher_threads
         if self.teacher_model is not None:  # only when set, so reference-model keys stay as they were
             config["teacher_model"] = self.teacher_model.identity()
         if self.student_model is not None:
@@ -112,6 +119,29 @@ class Cell:
     @property
     def numerics(self) -> dict[str, Any]:
         return numerics(self.spec.threads, self.spec.device, self.profile.precision)
+
+    @property
+    def teacher_numerics(self) -> dict[str, Any]:
+        """The numerics the cell's teacher was trained with: the cell's own, or a shared teacher's."""
+        if self.spec.teacher_threads:
+            return numerics(self.spec.teacher_threads, self.spec.device, self.profile.precision)
+        return self.numerics
+
+    @property
+    def shares_teacher(self) -> bool:
+        """True when the cell's students learn from a teacher trained with other numerics (:func:`share_teacher`)."""
+        return self.teacher_numerics != self.numerics
+
+    def student_numerics(self) -> dict[str, Any]:
+        """What the keys of everything trained or measured downstream of the teacher add for the cell's own
+        numerics: nothing when the teacher has them (its key holds them), else the cell's numerics, so that
+        students trained with one thread on a shared teacher are never taken for students trained with two."""
+        return {"numerics": self.numerics} if self.shares_teacher else {}
+
+    def teacher_config(self) -> dict[str, Any]:
+        """The config (and so the key) of the teacher the cell's students learn from."""
+        return teacher_config(self.task, self.profile, self.spec.teacher_seed, self.teacher_model,
+                              self.teacher_numerics)
 
     def teacher_arch(self) -> nn.Module:
         """A fresh teacher architecture (the user's, without weights, or the task's reference one)."""
@@ -180,12 +210,13 @@ def resolve(spec: CellSpec) -> Cell:
     if spec.weights and not spec.teacher:
         raise BenchError("--weights needs --teacher PACKAGE.MODULE:FACTORY (the model the weights are for).")
     where = f"task '{spec.task}'"
-    teacher = UserModel.resolve("teacher", spec.teacher, spec.weights, scale=task.scale, task_name=where) \
-        if spec.teacher else None
-    student = UserModel.resolve("student", spec.student, scale=task.scale, task_name=where) \
-        if spec.student else None
+    teacher = UserModel.resolve("teacher", spec.teacher, spec.weights, scale=task.scale, task_name=where,
+                                profile=profile) if spec.teacher else None
+    student = UserModel.resolve("student", spec.student, scale=task.scale, task_name=where,
+                                profile=profile) if spec.student else None
     cell = Cell(spec, profile, task, defense, attack, teacher, student)
     check_layers(cell)
+    guards.check_memory(cell)  # a cell that cannot fit in memory is refused before anything is built
     return cell
 
 
@@ -296,6 +327,59 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
     return artifacts.cached_model(config, build_fn, train_fn, force=force)
 
 
+#: thread counts searched for a teacher to share (bench.numerics: a thread count is part of a teacher's key)
+SHARE_THREADS = range(1, max(64, os.cpu_count() or 1) + 1)
+
+
+def share_teacher(cell: Cell, artifacts: Artifacts) -> Cell:
+    """``cell``, learning from an existing teacher trained with another thread count where the store has no
+    teacher of the cell's own numerics (DESIGN: the teacher is the owner's fixed asset, and its weights are
+    what its students pair on). ``bench run`` trains with every thread and a parallel sweep with one per job:
+    without this a sweep after a run trained a second teacher of the same task and seed, silently, and its
+    cells could not be compared with the run's. The cell's own numerics still key every student, defense fit
+    and calibration (:meth:`Cell.student_numerics`), and the cell records ``teacher_threads``. Same device
+    and precision only; a teacher given as a weights file is never trained, so there is nothing to share."""
+    if cell.spec.teacher_threads or (cell.teacher_model is not None and cell.teacher_model.weights):
+        return cell
+
+    def trained(threads: int) -> bool:
+        config = teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model,
+                                numerics(threads, cell.spec.device, cell.profile.precision))
+        return (artifacts.dir(config_key(config)) / "model.pt").exists()
+
+    own = int(cell.numerics["threads"])
+    if trained(own):
+        return cell
+    for threads in SHARE_THREADS:  # the fewest threads first: one rule, so the planner and runner agree
+        if threads != own and trained(threads):
+            return dataclasses.replace(cell, spec=dataclasses.replace(cell.spec, teacher_threads=threads))
+    return cell
+
+
+def sharing_note(cell: Cell) -> str:
+    """One line saying that ``cell`` learns from a teacher trained with other threads, and how to avoid it."""
+    return (f"note: {cell.spec.task} teacher (seed {cell.spec.teacher_seed}) trained with {cell.spec.teacher_threads} "
+            f"thread(s) is reused; its students here train with {cell.numerics['threads']} and are keyed so "
+            "(reports show the thread counts apart). For one thread count throughout, run bench run with --threads 1 "
+            "before a parallel sweep, or the sweep with --n-jobs 1.")
+
+
+@torch.no_grad()
+def check_deterministic(teacher: nn.Module, probe: torch.Tensor, cell: Cell) -> None:
+    """A one-line error for a teacher whose eval forward is not a function of its input (dropout or noise left
+    on in eval mode): every drop the suite measures is a difference of two forwards, so such a teacher makes
+    a defense that changes nothing look costly (measured: 0.106 and 0.044 dB from two runs of one key)."""
+    first, second = teacher(probe), teacher(probe)
+    same = torch.equal(first, second) if probe.device.type == "cpu" else \
+        torch.allclose(first, second, rtol=1e-5, atol=1e-6)  # GPU kernels: deterministic up to rounding
+    if not same:
+        gap = float((first.float() - second.float()).abs().max())
+        where = f" ({cell.teacher_model.identity().get('factory')})" if cell.teacher_model is not None else ""
+        raise BenchError(f"the {cell.spec.task} teacher{where} is not deterministic: two forwards of one test image "
+                         f"differ by up to {gap:.3g} in eval mode (dropout or noise left on?); make its eval "
+                         "forward a function of its input (model.eval() must switch randomness off).")
+
+
 def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...] = (), progress: bool = True,
                     ground_truth: bool = False) -> AttackContext:
     # Attack assets (e.g. finetune's public pretrained student) never see the teacher, so they are keyed
@@ -361,7 +445,8 @@ def fit_defense(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Art
                 progress: bool = True, force: bool = False) -> None:
     """Let the cell's defense train what it needs (surrogates, changed teachers), cached per config."""
     def cached_model(config, build_fn, train_fn):
-        return artifacts.cached_model({"teacher": teacher_key, **config}, build_fn, train_fn, force=force)[0]
+        return artifacts.cached_model({"teacher": teacher_key, **cell.student_numerics(), **config}, build_fn,
+                                      train_fn, force=force)[0]
 
     ctx = FitContext(profile=cell.profile, seed=cell.spec.seed, task=cell.task, progress=progress,
                      cached_model=cached_model)
@@ -371,7 +456,7 @@ def fit_defense(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Art
 def reference_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
     config = {"kind": "student", "recipe": STUDENT_RECIPE, "teacher": teacher_key,
               "attack": cell.attack.identity(), "seed": cell.spec.seed,
-              "profile": subset(cell.profile, STUDENT_FIELDS + ANSWER_FIELDS)}
+              "profile": subset(cell.profile, STUDENT_FIELDS + ANSWER_FIELDS), **cell.student_numerics()}
     if cell.student_model is not None:
         config["student_model"] = cell.student_model.identity()
     return config
@@ -495,6 +580,10 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
     cell = spec if isinstance(spec, Cell) else resolve(spec)
     store = store or Store(home)
     artifacts = Artifacts(store.home)
+    shared = cell if force else share_teacher(cell, artifacts)  # --force retrains the cell's own teacher
+    if shared is not cell:
+        print(sharing_note(shared), file=sys.stderr)
+        cell = shared
     key = cell.key
     if not (force or rerun):
         row = store.get_cell(key)
@@ -541,7 +630,8 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
     t = time.perf_counter()
     teacher, teacher_key, trained = get_teacher(task, profile, cell.spec.teacher_seed, artifacts,
                                                 progress=progress, force=force,
-                                                user_model=cell.teacher_model, numerics_=cell.numerics)
+                                                user_model=cell.teacher_model, numerics_=cell.teacher_numerics)
+    check_deterministic(teacher, splits.test.degraded[0][None], cell)
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -76,8 +76,9 @@ from bench.pipeline import (
     reference_student,
     resolve,
     run_cell,
+    share_teacher,
+    sharing_note,
     stale_code,
-    teacher_config,
     versions,
 )
 from bench.progress import bar
@@ -141,23 +142,32 @@ def defense_fits(cell: Cell) -> bool:
 
 def fit_key(cell: Cell, teacher_key: str) -> str:
     return config_key({"kind": "defense-fit", "teacher": teacher_key, "defense": cell.defense.identity(),
-                       "task": cell.task.identity(), "seed": cell.spec.seed, "profile": cell.config()["profile"]})
+                       "task": cell.task.identity(), "seed": cell.spec.seed, "profile": cell.config()["profile"],
+                       **cell.student_numerics()})
 
 
 def calibration_job_key(cell: Cell, teacher_key: str) -> str:
     """One calibration job per (teacher, defense without its strength, budget, task, profile)."""
     return config_key({"kind": "calibration-job", "teacher": teacher_key,
                        "defense": cell.defense.calibration_identity(), "budget_db": cell.spec.budget_db,
-                       "task": cell.task.identity(), "profile": cell.config()["profile"]})
+                       "task": cell.task.identity(), "profile": cell.config()["profile"],
+                       **cell.student_numerics()})
 
 
 def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Plan:
     """Resolve every cell (bad input fails here, before anything runs), look up finished rows and list
     the unique jobs of each stage."""
     cells: dict[str, Cell] = {}
+    artifacts = Artifacts(store.home)
+    notes: set[str] = set()
     for spec in specs:
         cell = resolve(spec)
+        cell = cell if force else share_teacher(cell, artifacts)  # the runner keys its cells by the same rule
+        if cell.shares_teacher:
+            notes.add(sharing_note(cell))
         cells.setdefault(cell.key, cell)
+    for note in sorted(notes):
+        print(note, file=sys.stderr)
     cached: dict[str, dict[str, Any]] = {}
     if not force:
         for key in cells:
@@ -165,7 +175,6 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
             if row is not None and row["status"] == "done" and not stale_code(row, cells[key]):
                 cached[key] = row
     out = Plan(cells=cells, cached=cached)
-    artifacts = Artifacts(store.home)
     seen: set[tuple[str, str]] = set()
 
     def add(stage: str, key: str, cell_key: str, needs: tuple[str, ...] = ()) -> None:
@@ -179,8 +188,7 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     for key, cell in cells.items():
         if key in cached:
             continue
-        t_key = config_key(teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model,
-                                          cell.numerics))
+        t_key = config_key(cell.teacher_config())
         needs: list[str] = []
         if not have(t_key):
             add("teachers", t_key, key)
@@ -376,7 +384,7 @@ def _stage(stage: str, cell: Cell, home: str, force: bool) -> dict[str, Any]:
             pass
         return {"ok": True, "error": None, "cached": False}
     teacher, t_key, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts, progress=False,
-                                    numerics_=cell.numerics, force=force and stage == "teachers",
+                                    numerics_=cell.teacher_numerics, force=force and stage == "teachers",
                                     user_model=cell.teacher_model)
     if stage == "defense fits":
         cell, _ = calibrated_cell(cell, teacher, t_key, artifacts, Store(home), progress=False, force=force)

@@ -71,6 +71,7 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
     if len(failed):
         msgs.append(f"{len(failed)} cell(s) failed and are left out of the tables and plots; they are listed under "
                     "Failed cells with their errors. Fix the cause and re-run them (finished cells are kept).")
+    msgs += apart(done)
     tables = [t for t in tables if not t.derived]
     for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
         mine = [t for t in tables if t.profile == profile]
@@ -94,8 +95,34 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
     return msgs
 
 
+def apart(done: pd.DataFrame) -> list[str]:
+    """One line per task whose cells the store holds under several numerics or data versions: they are shown
+    as separate tables (each labelled by what differs), never pooled as seeds of one configuration."""
+    if done.empty or "numerics" not in done:
+        return []
+    msgs = []
+    same = ["profile_label", "task", "task_params", "teacher_model", "student_model"]
+    for (profile, task, *_), g in done.groupby(same, sort=True, dropna=False):
+        labels = sorted(set(g["task_label"]))
+        if len(labels) > 1:
+            msgs.append(f"{task} · profile {profile}: the store holds its cells under {len(labels)} numerics or data "
+                        f"versions ({'; '.join(labels)}); each is its own table, never pooled as seeds (a model "
+                        "trained with other threads, on another device or on other data is another model).")
+    return msgs
+
+
+#: a figure's file name is cut to this many characters (a label naming a long --data path made names over
+#: the file system's 255-byte limit: "File name too long"), keeping a digest of the whole so names stay unique
+SLUG_MAX = 120
+
+
 def _slug(*parts: str) -> str:
-    return "-".join(re.sub(r"[^A-Za-z0-9.=]+", "_", p).strip("_") or "x" for p in parts)
+    import hashlib
+
+    name = "-".join(re.sub(r"[^A-Za-z0-9.=]+", "_", p).strip("_") or "x" for p in parts)
+    if len(name) <= SLUG_MAX:
+        return name
+    return f"{name[:SLUG_MAX - 13]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: bool = True) -> tuple[

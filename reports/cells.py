@@ -142,6 +142,12 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
 
     # the models a cell ran on belong to its task: cells on your own teacher are not pooled with the reference
     models = [{"teacher": _model_label(c, "teacher_model"), "student": _model_label(c, "student_model")} for c in cfg]
+    # and so do everything else their keys hold that changes trained models: the numerics (device, threads,
+    # precision), the teacher's where it was shared, and the data's version; cells that differ in any of
+    # them are other experiments, never seeds of one (DESIGN: one identity, from key to report)
+    numerics = [_numerics(c) for c in cfg]
+    df["numerics"] = [canonical_json(n) if n else None for n in numerics]
+    models = [{**m, **n} for m, n in zip(models, numerics)]
     df["teacher_model"] = [m["teacher"] for m in models]
     df["student_model"] = [m["student"] for m in models]
     for part in ("task", "defense", "attack"):
@@ -186,6 +192,22 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     df["attack_sees_defense"] = [_sees(ch, sc) for ch, sc in zip(df["channels"], df["student_shortcut"])]
     df["calibrated"] = df["budget_db"].notna()
     return df
+
+
+def _numerics(config: Any) -> dict[str, Any]:
+    """What a cell's key holds besides its plugins' parameters, flat for labels: ``threads``, ``device``,
+    ``precision``, ``gpu``; ``teacher_threads`` (the cell's own, or a shared teacher's:
+    :func:`bench.pipeline.share_teacher`); and ``data_version`` (the data fingerprint's first 12 hex digits) for
+    data read from disk."""
+    if not isinstance(config, dict):
+        return {}
+    out = {k: v for k, v in (config.get("numerics") or {}).items() if k in ("device", "threads", "precision", "gpu")}
+    if out:  # the teacher's own thread count: the cell's, unless the teacher was shared (bench.pipeline.share_teacher)
+        out["teacher_threads"] = config.get("teacher_threads") or out.get("threads")
+    fingerprint = _component(config, "task").get("data_fingerprint")
+    if fingerprint:
+        out["data_version"] = str(fingerprint)[:12]
+    return out
 
 
 def _model_label(config: Any, key: str) -> str:
@@ -235,7 +257,26 @@ def csv_frame(cells: pd.DataFrame) -> pd.DataFrame:
     for col in PER_IMAGE:
         if col in out:
             out[col] = [json.dumps(v) if isinstance(v, list) else None for v in out[col]]
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = [spreadsheet_safe(v) for v in out[col]]
     return out.sort_values(["profile", "task", "attack", "defense", "teacher_seed", "seed"], kind="stable")
+
+
+#: a cell a spreadsheet reads as a formula starts with one of these (OWASP's CSV injection list)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value``, with a leading apostrophe where it is text a spreadsheet would evaluate (a factory path, label
+    or file name starting with ``=``, ``+``, ``-`` or ``@``); numbers written as text stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
 
 
 def to_csv(cells: pd.DataFrame, path: Path) -> None:
