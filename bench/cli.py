@@ -313,12 +313,24 @@ def sweep_specs(args: argparse.Namespace) -> list[Any]:
             for s in grid.specs()]
 
 
+def sweep_timeout(args: argparse.Namespace) -> float | None:
+    """The job time limit: --job-timeout, else the grid file's job_timeout, else the scheduler's default."""
+    from bench.grid import load_file, parse_timeout
+    from bench.scheduler import DEFAULT_JOB_TIMEOUT_S
+
+    given = parse_timeout(args.job_timeout, "--job-timeout")
+    if given is None and args.grid:
+        given = parse_timeout(load_file(args.grid).get("job_timeout"), "job_timeout")
+    return DEFAULT_JOB_TIMEOUT_S if given is None else given
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.scheduler import format_summary, run_sweep
 
     specs = sweep_specs(args)
     result = run_sweep(specs, home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
-                       address=args.address, force=args.force, progress=True, jobs_per_gpu=args.jobs_per_gpu)
+                       address=args.address, force=args.force, progress=True, jobs_per_gpu=args.jobs_per_gpu,
+                       job_timeout_s=sweep_timeout(args))
     print(format_summary(result))
     return 0 if result.ok else 1
 
@@ -378,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
                    help="the attackers' student architecture for every cell (default: the reference student)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
+    p.add_argument("--job-timeout", type=float, metavar="SECONDS",
+                   help="seconds one job (a teacher, a student, a cell) may run before it fails with that reason and "
+                        "the sweep goes on (default: the grid file's job_timeout, else 12 h; 0: no limit)")
     p.add_argument("--max-cells", type=int, metavar="N",
                    help="refuse grids of more than N cells (default 20000: a guard against typos in ranges)")
     p.add_argument("--jobs-per-gpu", type=int, metavar="K",

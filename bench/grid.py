@@ -26,6 +26,8 @@ A grid file (YAML; every key optional, flags given on the command line replace t
     seeds: [0, 1, 2]                # or "0-4", or all
     budgets: [null]                 # null: the strength as given; numbers: calibrated teacher cost in dB
     teacher_seeds: [0, 1]           # or teacher_seed: 0; intervals then span (teacher, student) seed pairs
+    job_timeout: 7200               # seconds one job may run (default 12 h; 0: no limit): a job that hangs
+                                    # fails its cell with that reason, and the sweep goes on
 
 Budgets apply only to defenses with a strength parameter (``Defense.strength``); a defense without one
 (``none``) runs once, uncalibrated, whatever the budgets. ``--set GROUP.KEY=VALUE`` sets a parameter of
@@ -53,7 +55,8 @@ MAX_SEEDS = 10_000
 #: most cells one sweep plans unless --max-cells says otherwise
 MAX_CELLS = 20_000
 ALL_BUDGETS = (0.1, 0.5, 1.0)
-FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed", "teacher_seeds")
+FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed", "teacher_seeds",
+             "job_timeout")
 ENTRY_KEYS = ("name", "params", "sweep", "budgets", "strengths", "attacks")
 
 
@@ -402,3 +405,12 @@ def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses
                               "--budgets" if budgets is not None else "budgets"),
         profile=prof_name, profile_params=profile_params, teacher_seeds=t_seeds,
     )
+
+
+def parse_timeout(value: Any, where: str) -> float | None:
+    """A job time limit in seconds (None: not given; 0: no limit); a one-line error for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise BenchError(f"{where} must be a number of seconds >= 0 (0: no limit), got {value!r}.")
+    return float(value)

@@ -43,6 +43,7 @@ import dataclasses
 import itertools
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -342,7 +343,7 @@ def _setup_worker(threads: int | None, slot_dir: str) -> None:
 
 
 def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
-         slot_dir: str) -> dict[str, Any]:
+         slot_dir: str, timeout_s: float | None = None) -> dict[str, Any]:
     """One job, in a worker: a stage's model into the artifacts cache, or a cell's row into the store.
 
     Returns ``{"ok": bool, "error": str | None, "cached": bool}``; an error is returned, not raised, so
@@ -355,7 +356,10 @@ def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None
         if spec.threads:  # the numerics the job is keyed with (bench.numerics), whatever the worker's default
             torch.set_num_threads(spec.threads)
         try:
-            return _work(stage, spec, home, force)
+            with time_limit(timeout_s):
+                return _work(stage, spec, home, force)
+        except JobTimeout as exc:  # raised outside _work's own handler (while it was recording the failure)
+            return {"ok": False, "error": str(exc), "cached": False}
         finally:
             release_freed_memory()  # a worker's memory between jobs stays what it holds, not its last peak
 
@@ -367,8 +371,42 @@ def _work(stage: str, spec: CellSpec, home: str, force: bool) -> dict[str, Any]:
         cell = resolve(spec)
         with on_device(cell.spec.device, precision=cell.profile.precision):
             return _stage(stage, cell, home, force)
-    except Exception as exc:  # noqa: BLE001 - every failure of a job is recorded, never fatal to the sweep
+    except (Exception, JobTimeout) as exc:  # noqa: BLE001 - every failure of a job is recorded, never fatal
         return {"ok": False, "error": failure_reason(exc), "cached": False}
+
+
+#: a job's time limit unless the grid file (job_timeout) or --job-timeout says otherwise: generous, since a
+#: paper-profile teacher may train for hours; it exists so that a plugin that hangs fails its cell instead of
+#: holding the sweep forever
+DEFAULT_JOB_TIMEOUT_S = 12 * 3600.0
+
+
+class JobTimeout(BaseException):
+    """A job ran past its time limit. A BaseException, so that a plugin's ``except Exception`` cannot swallow
+    it; the job's cell is stored as failed with this reason and the sweep goes on."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`JobTimeout` in this thread after ``seconds`` (None or 0: no limit). A job runs in its worker
+    process's main thread (loky; the sweep's own process with --n-jobs 1), where SIGALRM can interrupt Python
+    code, sleeps and waits; a dask worker runs jobs in threads, where no signal can reach them: there the limit
+    is not enforced (said in docs/design.md)."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise JobTimeout(f"JobTimeout: the job ran past its limit of {seconds:g} s (a plugin that hangs?); raise it "
+                         "with --job-timeout SECONDS or job_timeout in the grid file (0: no limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _stage(stage: str, cell: Cell, home: str, force: bool) -> dict[str, Any]:
@@ -478,7 +516,8 @@ def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
 
 def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jobs: int = 1,
               backend: str = "loky", address: str | None = None, force: bool = False,
-              progress: bool = True, jobs_per_gpu: int | None = None) -> SweepResult:
+              progress: bool = True, jobs_per_gpu: int | None = None,
+              job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S) -> SweepResult:
     """Run every cell of ``specs`` in stages; returns the store's rows and what failed.
 
     On a CUDA device the sweep runs ``jobs_per_gpu`` workers on each GPU of the device (all visible
@@ -503,7 +542,7 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
     specs = [s if s.threads else dataclasses.replace(s, threads=per_job) for s in specs]
     with _gpus_for_workers(gpus):
         return _sweep(specs, store, start, n_jobs=n_jobs, backend=backend, address=address, force=force,
-                      progress=progress)
+                      progress=progress, job_timeout_s=job_timeout_s)
 
 
 @contextmanager
@@ -524,7 +563,7 @@ def _gpus_for_workers(gpus: list[str]) -> Iterator[None]:
 
 
 def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, backend: str,
-           address: str | None, force: bool, progress: bool) -> SweepResult:
+           address: str | None, force: bool, progress: bool, job_timeout_s: float | None = None) -> SweepResult:
     the_plan = plan(specs, store, force=force)
     cells = the_plan.cells
     labels = {k: label(c) for k, c in cells.items()}
@@ -561,7 +600,8 @@ def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, ba
             name = " & ".join(stage for stage in wave if the_plan.jobs[stage]) or wave[0]
             n_done = 0
             pbar.set_description(f"{name} 0/{len(todo)}")
-            for job, res in _execute(todo, par_jobs, home_s, force, threads, warn=pbar.write):
+            for job, res in _execute(todo, par_jobs, home_s, force, threads, warn=pbar.write,
+                                     timeout_s=job_timeout_s):
                 n_done += 1
                 pbar.set_description(f"{name} {n_done}/{len(todo)}")
                 pbar.update(1)
@@ -590,7 +630,7 @@ def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, ba
 
 
 def _execute(jobs: list[Job], n_jobs: int, home: str, force: bool, threads: int | None, *,
-             warn: Any = print) -> Iterator[tuple[Job, dict[str, Any]]]:
+             warn: Any = print, timeout_s: float | None = None) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Run ``jobs`` on the configured backend; yields (job, result) as each finishes.
 
     A worker process that dies (killed for memory, crashed) takes the whole parallel call down with it.
@@ -609,7 +649,8 @@ def _execute(jobs: list[Job], n_jobs: int, home: str, force: bool, threads: int 
         finished: set[int] = set()
         try:
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1)(
-                delayed(_tagged)(i, job.stage, job.spec, home, force, threads, str(marks / str(i)), _SLOT_DIR)
+                delayed(_tagged)(i, job.stage, job.spec, home, force, threads, str(marks / str(i)), _SLOT_DIR,
+                                 timeout_s)
                 for i, job in enumerate(batch))
             for i, res in results:
                 finished.add(i)
@@ -641,12 +682,12 @@ def _backend_error(exc: Exception) -> str:
 
 
 def _tagged(i: int, stage: str, spec: CellSpec, home: str, force: bool, threads: int | None,
-            mark: str, slot_dir: str) -> tuple[int, dict]:
+            mark: str, slot_dir: str, timeout_s: float | None = None) -> tuple[int, dict]:
     path = Path(mark)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     try:
-        return i, work(stage, spec, home, force, threads, slot_dir)
+        return i, work(stage, spec, home, force, threads, slot_dir, timeout_s)
     finally:
         path.unlink(missing_ok=True)
 

@@ -321,6 +321,32 @@ def test_two_sweeps_at_once_on_one_store_and_failing_cells(tmp_path):
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+def test_a_job_that_hangs_fails_its_cell_at_the_time_limit(tmp_path):
+    """A plugin that never returns held the sweep forever; with --job-timeout its cell fails with that reason
+    (in a loky worker) and the other cells finish."""
+    common = ["--tasks", "derain", "--profile", "smoke", "--set", "profile.teacher_steps=4",
+              "--set", "profile.student_steps=4"]
+    plugins = os.pathsep.join([str(FAULT_PLUGINS), os.environ.get("PYTHONPATH", "")])
+    started = time.monotonic()
+    proc = subprocess.run(bench_cmd(*common, "--defenses", "none,hang", "--n-jobs", "2", "--job-timeout", "20",
+                                    home=tmp_path), env=env(PYTHONPATH=plugins), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started < 240
+    rows = {r["defense"]: r for r in Store(tmp_path).cells()}
+    assert rows["none"]["status"] == "done"
+    assert rows["hang"]["status"] == "failed" and "JobTimeout" in rows["hang"]["error"]
+    assert "20 s" in rows["hang"]["error"] and "--job-timeout" in rows["hang"]["error"]
+
+
+def test_job_timeout_is_validated(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("tasks: [derain]\njob_timeout: -3\n")
+    proc = subprocess.run(bench_cmd(str(grid), "--profile", "smoke", home=tmp_path), env=env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "job_timeout must be a number of seconds >= 0" in proc.stderr
+
+
 def test_budgeted_cells_share_one_calibration_job_per_defense_and_budget(tmp_path, monkeypatch):
     """Seeds and attacks share a calibration: it runs once, in the defense-fit stage, never in the cells.
     Independent stages run as one parallel map each (three waves), their longest jobs first."""

@@ -8,6 +8,7 @@ plugin: put this folder on ``PYTHONPATH``.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from torch import nn
@@ -34,6 +35,17 @@ class Crash(Defense):
 
     def perturb_answers(self, answers: torch.Tensor, query) -> torch.Tensor:
         os._exit(9)
+
+
+class Hang(Defense):
+    """Never answers (a plugin stuck waiting): the sweep's job time limit must fail its cell."""
+
+    def channels(self) -> tuple[str, ...]:
+        return ("answers",)
+
+    def perturb_answers(self, answers: torch.Tensor, query) -> torch.Tensor:
+        while True:
+            time.sleep(60)
 
 
 class Diverge(Defense):
