@@ -238,6 +238,9 @@ def test_folder_fingerprint_follows_the_data(tmp_path):
     path = root / "target" / "img02.png"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    # the fingerprint hashes content: a touched file is the same data, another image is not
+    assert folder_task(root).identity()["data_fingerprint"] == ident["data_fingerprint"]
+    path.write_bytes((root / "target" / "img01.png").read_bytes())
     assert folder_task(root).identity()["data_fingerprint"] != ident["data_fingerprint"]
 
 

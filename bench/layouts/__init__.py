@@ -62,11 +62,16 @@ Parts, scenes and pools (the protocol's four disjoint pools, split by source ima
   folder named like a part (``test``, ``eval15``, ``SOTS``, ``train``) is read as that part alone.
 - The profile's ``image_size``, ``variants``, ``calib_pool`` and ``calib_draws`` shape the bundled
   photographs only: a set's pairs are fixed, used at full size, one draw each.
-- ``--split-file FILE`` assigns pairs to pools: one ``NAME POOL`` per line (``#`` starts a comment), NAME a
-  pair's name or a scene (``PART/NAME`` where names repeat across parts), POOL one of ``train``, ``test``,
-  ``owner``, ``attacker``, ``calib``. Unlisted pairs keep their part (a set without parts: ``train``);
-  ``train`` scenes are cut into the train pools the file leaves empty (all three if it fills them all).
-  Variants of one scene must share a pool.
+- ``--split-file FILE`` assigns pairs to pools: one ``NAME POOL`` per line, NAME a pair's name or a scene
+  (``PART/NAME`` where names repeat across parts), POOL one of ``train``, ``test``, ``owner``, ``attacker``,
+  ``calib`` and the line's last word, so NAME may hold spaces, commas and ``#`` (``my photo #3, test``); a
+  NAME in double quotes is taken as written (``""`` for a quote). A line starting with ``#``, and a ``#``
+  after POOL, begin comments. Unlisted pairs keep their part (a set without parts: ``train``); ``train``
+  scenes are cut into the train pools the file leaves empty (all three if it fills them all). Variants of
+  one scene must share a pool.
+- Leakage is refused: a test image that an ``owner``, ``attacker`` or ``calib`` pair holds too (the same file,
+  a link to it, a byte-for-byte copy, or a near-identical image: the clean images' 16x16 grey thumbnails
+  correlating above 0.98) is an error naming both files; ``--set task.allow_leakage=true`` scores anyway.
 
 Pairs must agree in size: the clean image ``scale`` times the degraded one. Two layouts allow documented
 slack, as their sets need: ``div2k``/``hr_only`` crop the HR image's right and bottom to a multiple of the
@@ -75,19 +80,25 @@ to 32 px larger than its hazy one (SOTS indoor's GT is 640x480 for 620x460 hazy 
 by RESIDE's evaluation). HR-only inputs are the task's own degradation of the (mod-cropped) HR image: for
 ``sr``, antialiased bicubic, rounded to 8 bits as a saved LR image is.
 
-What is loaded when (memory): naming the data (a task's identity, every cache key) lists the tree and reads
-the files' names, sizes and modification times (the data fingerprint). Building the pools (the first
-``task.splits()`` of a job) reads each image's header for its size and checks every pair, so a bad pair fails
-before any training. Pixels are decoded on the first use of each image and kept, 8-bit as on disk (16-bit
-images as float32), for the job's life; an image hands out a float32 copy on each use. A teacher job so
-decodes the owner images it samples, an attack the attacker images it queries, scoring the test images; a
-pool a job never touches is never decoded. A clean image shared by several variants is held once. Every
-clean image is refused above ``max_megapixels`` (each is scored whole).
+What is loaded when (memory): naming the data (a task's identity, every cache key) lists the tree and hashes
+the files' bytes (the data fingerprint; each file once per process while its size, times and inode stay).
+Building the pools (the first ``task.splits()`` of a job) reads each image's header for its size and checks
+every pair, so a bad pair fails before any training, then decodes each clean image once for the leakage
+check's thumbnail (JPEGs at a reduced scale), keeping only the thumbnail. Pixels are decoded on the first use
+of each image and kept, 8-bit as on disk (16-bit images as float32), for the job's life; an image hands out
+a float32 copy on each use. A teacher job so holds the owner images it samples, an attack the attacker images
+it queries, scoring the test images; a pool a job never touches is never held. A clean image shared by
+several variants is held once. Every clean image is refused above ``max_megapixels`` (each is scored whole),
+from its header, before Pillow's own decompression-bomb limit could speak. Images decode as a viewer shows
+them: EXIF-rotated (header sizes too), CMYK JPEGs converted to RGB (Adobe's inverted ones and plain ones),
+16-bit PNGs (grey, RGB, RGBA) at full precision; a link loop in a data folder is skipped with a warning.
 
-Identity: a task with data has the data parameters it was given, the layout's name (and the test set
-chosen) among its identity's parameters, and a fingerprint of the files (names, sizes, modification
-times, and the split file's bytes) beside them, so its results never mix with the bundled data's, and
-changing the data recomputes them. Without data, identities are exactly as before.
+Identity: a task with data has the data parameters it was given (paths absolute and resolved: ``ds``,
+``ds/``, ``./ds`` and a link to it are one dataset), the layout's name (and the test set chosen) among its
+identity's parameters, and a fingerprint of the files (names relative to the data folder, content digests,
+and the split file's bytes) beside them, so its results never mix with the bundled data's, and changing
+the data, even keeping a file's size and time, recomputes them. Without data, identities are exactly as
+before.
 
 Modules, one concept each:
 

@@ -32,6 +32,8 @@ class DataParams:
     test_set: str = param("", "the test set to score on where the tree holds several (e.g. Set14, SOTS/outdoor)")
     max_megapixels: float = param(16.0, "largest clean image accepted, in megapixels (every image is scored "
                                         "whole: a model's features of a 36 MP image take gigabytes)")
+    allow_leakage: bool = param(False, "score even where a test image is also (a copy of, or near-identical "
+                                       "to) an owner, attacker or calib image; else that is an error")
 
     def __post_init__(self) -> None:
         if not 0 < self.max_megapixels <= 1000:
@@ -69,7 +71,7 @@ def attach_data(task: Task, overrides: dict[str, Any]) -> None:
 
     params = build(DataParams, overrides, owner=f"task '{task.name}'")
     if not any(getattr(params, k) for k in _SOURCES):
-        given = sorted(k for k in overrides if k != "max_megapixels")
+        given = sorted(k for k in overrides if k not in ("max_megapixels", "allow_leakage"))
         if given:
             raise BenchError(f"task '{task.name}': {given[0]} applies to data read from disk; give the data too "
                              "(--data DIR, or --input DIR --target DIR).")

@@ -16,12 +16,12 @@ import torch
 from bench import BenchError
 from bench.data import SPLITS, Splits, stable_seed
 from bench.layouts.base import Layout
-from bench.layouts.images import as_float, image_size, read_pixels
+from bench.layouts.images import THUMB, as_float, file_digest, image_size, read_pixels, thumbnail
 from bench.layouts.known import LAYOUTS, layouts_for
 from bench.layouts.paired import Form, pair_folders
 from bench.layouts.pairs import FindContext, Found, Pair
 from bench.layouts.pools import ImageList, LazyPool
-from bench.layouts.splitting import assign_pools, read_split_file, scene_by_pattern
+from bench.layouts.splitting import TRAIN_POOLS, assign_pools, read_split_file, scene_by_pattern
 
 if TYPE_CHECKING:
     from bench.api import Task
@@ -29,8 +29,19 @@ if TYPE_CHECKING:
 
 #: a clean image may exceed its degraded partner by this much per dimension under ``target_fit="centre"``
 CENTRE_SLACK = 32
-#: header checks of at least this many images show progress
+#: header checks (and content hashes, thumbnails) of at least this many images show progress
 PROGRESS_AT = 2000
+#: a test image whose grey thumbnail correlates above this with another pool's image is near-identical to it
+NEAR_IDENTICAL = 0.98
+
+
+def _resolved(value: str) -> str:
+    """A path parameter as it enters an identity: absolute, resolved, with forward slashes."""
+    return Path(value).expanduser().resolve().as_posix()
+
+
+#: grey thumbnails (normalised) by content digest, for the leakage check: one per image per process
+_THUMBS: dict[bytes, np.ndarray] = {}
 
 
 @dataclass(frozen=True)
@@ -148,36 +159,43 @@ class DataSource:
 
     # -------------------------------------------------------------------------------- identity
     def identity_params(self) -> dict[str, Any]:
-        """What names the data among the task's identity parameters (labels results in reports)."""
+        """What names the data among the task's identity parameters (labels results in reports). Paths are
+        absolute and resolved, so that every spelling of one folder (``ds``, ``ds/``, ``./ds``, a link to it)
+        names one dataset."""
         found, p = self.found(), self.params
-        out: dict[str, Any] = {"data": p.data} if p.data else {}
+        out: dict[str, Any] = {"data": _resolved(p.data)} if p.data else {}
         out["layout"] = found.layout.name
         for key in ("input", "target", "split_file", "scene_pattern"):
             if getattr(p, key):
-                out[key] = getattr(p, key)
+                value = getattr(p, key)
+                out[key] = value if key == "scene_pattern" else _resolved(value)
         if p.test_set or found.test_chosen:
             out["test_set"] = found.test_label
         return out
 
     def fingerprint(self) -> str:
-        """A hash of the pairs' files (paths relative to the data folder, sizes, modification times) and of
-        the split file's bytes."""
+        """A hash of the pairs' files (paths relative to the data folder, and each file's content: a
+        blake2b digest of its bytes, computed once per process for each version of a file) and of the split
+        file's bytes."""
         if self._fingerprint is None:
+            from bench.progress import bar
+
             found = self.found()
             base = Path(self.params.data).expanduser() if self.params.data else None
+            files = list(dict.fromkeys(path for pair in found.pairs for path in (pair.input, pair.target)
+                                       if path is not None))
+            named: dict[Path, bytes] = {}
+            with bar(total=len(files), desc=f"hashing {found.layout.name} files", show=len(files) >= PROGRESS_AT,
+                     unit="file") as progress:
+                for path in files:
+                    rel = path.relative_to(base).as_posix() if base else f"{path.parent.name}/{path.name}"
+                    named[path] = rel.encode() + b"\x1f" + self._digest(path) + b"\x1e"
+                    progress.update(1)
             h = hashlib.blake2b(digest_size=16)
-            h.update(found.layout.name.encode())
-            seen: dict[Path, bytes] = {}
+            h.update(b"content\x1e" + found.layout.name.encode())
             for pair in found.pairs:
                 for path in (pair.input, pair.target):
-                    if path is None:
-                        h.update(b"-\x1e")
-                        continue
-                    if path not in seen:
-                        st = path.stat()
-                        rel = path.relative_to(base).as_posix() if base else f"{path.parent.name}/{path.name}"
-                        seen[path] = f"{rel}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode()
-                    h.update(seen[path])
+                    h.update(b"-\x1e" if path is None else named[path])
             if self.params.split_file:
                 try:
                     h.update(Path(self.params.split_file).expanduser().read_bytes())
@@ -187,9 +205,18 @@ class DataSource:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    @staticmethod
+    def _digest(path: Path) -> bytes:
+        try:
+            return file_digest(path)
+        except OSError as exc:
+            raise BenchError(f"cannot read image {path} ({exc.strerror or exc}); check its permissions, or remove "
+                             "it.") from None
+
     # -------------------------------------------------------------------------------- the pools
     def splits(self) -> Splits:
-        """The four pools, checked (every pair's sizes, from the image headers) and lazily decoded."""
+        """The four pools, checked (every pair's sizes, from the image headers; no test image in another pool,
+        unless ``allow_leakage``) and lazily decoded."""
         from bench.progress import bar
 
         pools = self.pools()
@@ -201,6 +228,8 @@ class DataSource:
                 for pair in pools[name]:
                     sizes[id(pair)] = self._check(pair, name)
                     progress.update(1)
+        if not self.params.allow_leakage:
+            self._check_leakage(pools)
         device = torch.device(self.task.device)
         out = {}
         for name in SPLITS:
@@ -210,6 +239,61 @@ class DataSource:
             out[name] = LazyPool(name, [p.source for p in members], self.task.scale,
                                  tuple(self.task.augment_transforms), deg, cln)
         return Splits(**out)
+
+    def _check_leakage(self, pools: dict[str, list[Pair]]) -> None:
+        """BenchError naming both files for a test image that another pool holds too: the same file (one
+        resolved path), a copy (one content digest), or a near-identical image (the clean images' grey
+        thumbnails correlating above ``NEAR_IDENTICAL``; a flat thumbnail is never compared)."""
+        hint = ("a model would be scored on an image it trained on or queried; remove one, put both in one pool "
+                "(--split-file, --scene-pattern), or allow it with --set task.allow_leakage=true.")
+        train = [(pair, name) for name in TRAIN_POOLS for pair in pools[name]]
+        by_path: dict[Path, tuple[Path, str]] = {}
+        by_content: dict[bytes, tuple[Path, str]] = {}
+        for pair, name in train:
+            for path in (pair.input, pair.target):
+                if path is not None:
+                    by_path.setdefault(path.resolve(), (path, name))
+                    by_content.setdefault(self._digest(path), (path, name))
+        for pair in pools["test"]:
+            for path in (pair.input, pair.target):
+                if path is None:
+                    continue
+                if (hit := by_path.get(path.resolve())) is not None:
+                    raise BenchError(f"test image {path} and {hit[1]} image {hit[0]} are one file; {hint}")
+                if (hit := by_content.get(self._digest(path))) is not None:
+                    raise BenchError(f"test image {path} is a copy of {hit[1]} image {hit[0]}; {hint}")
+        tests = list(dict.fromkeys(p.target for p in pools["test"]))
+        others = list(dict.fromkeys((p.target, name) for p, name in train))
+        theirs = list(dict.fromkeys(path for path, _ in others))
+        ours, mine = self._thumbs(tests), dict(zip(theirs, self._thumbs(theirs)))
+        other_thumbs = np.stack([mine[path] for path, _ in others]) if others else np.zeros((0, THUMB * THUMB))
+        for start in range(0, len(tests), 256):
+            corr = ours[start:start + 256] @ other_thumbs.T
+            if corr.size and corr.max() > NEAR_IDENTICAL:
+                i, j = np.unravel_index(int(np.argmax(corr)), corr.shape)
+                path, name = others[j]
+                raise BenchError(f"test image {tests[start + i]} is near-identical to {name} image {path} "
+                                 f"(their {THUMB}x{THUMB} grey thumbnails correlate {corr[i, j]:.3f}); {hint}")
+
+    def _thumbs(self, paths: list[Path]) -> np.ndarray:
+        """Each image's grey thumbnail, zero-mean and unit-norm (zero where flat), one row per path; held
+        per process by content digest."""
+        from bench.progress import bar
+
+        rows = np.zeros((len(paths), THUMB * THUMB), dtype=np.float32)
+        with bar(total=len(paths), desc="comparing test images", show=len(paths) >= PROGRESS_AT,
+                 unit="image") as progress:
+            for i, path in enumerate(paths):
+                key = self._digest(path)
+                row = _THUMBS.get(key)
+                if row is None:
+                    t = thumbnail(path).astype(np.float64)
+                    t -= t.mean()
+                    norm = float(np.linalg.norm(t))
+                    row = _THUMBS[key] = (t / norm if norm > 1e-3 else np.zeros_like(t)).astype(np.float32)
+                rows[i] = row
+                progress.update(1)
+        return rows
 
     def _size(self, path: Path) -> tuple[int, int]:
         if path not in self._headers:

@@ -49,22 +49,37 @@ def split_by_scene(scenes: Sequence[str], pools: Sequence[str], what: str) -> di
     return out
 
 
+#: a split file's line: NAME (in double quotes, ``""`` for a quote, or bare), separators, POOL, a comment
+_QUOTED = re.compile(r'"(?P<name>(?:[^"]|"")*)"[\s,;]+(?P<pool>\S+?)[\s,;]*(?:#.*)?')
+_BARE = re.compile(rf"(?P<name>.+?)[\s,;]+(?P<pool>{'|'.join(FILE_POOLS)})[\s,;]*(?:#.*)?", re.IGNORECASE)
+
+
 def read_split_file(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, name, pool) of each entry of a split file (``NAME POOL`` lines, ``#`` comments)."""
+    """(line number, name, pool) of each entry of a split file.
+
+    One ``NAME POOL`` entry a line, POOL one of :data:`FILE_POOLS` (any case), NAME a pair's name or a scene
+    (``PART/NAME`` where names repeat across parts), separated by spaces, tabs, a comma or a semicolon.
+    A line starting with ``#`` is a comment, and so is a ``#`` and what follows it after POOL. POOL is the
+    line's last word, so NAME may hold spaces, commas and ``#`` (``my photo #3, test``); a NAME in double
+    quotes is taken as written (``"a, b" test``; ``""`` for a quote), as it must be when it ends in a
+    separator and a pool's name followed by ``#``.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
         raise BenchError(f"cannot read split file {path} ({exc.strerror}); check --split-file.") from None
     out = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        line = raw.strip()
+        if not line or line.startswith("#"):
             continue
-        fields = [f for f in re.split(r"[\s,;]+", line) if f]
-        if len(fields) != 2 or fields[1].lower() not in FILE_POOLS:
+        m = _QUOTED.fullmatch(line) if line.startswith('"') else _BARE.fullmatch(line)
+        pool = m.group("pool").lower() if m else ""
+        if m is None or pool not in FILE_POOLS or not m.group("name").strip():
             raise BenchError(f"split file {path} line {number}: expected 'NAME POOL' with POOL one of "
-                             f"{', '.join(FILE_POOLS)}, got {raw.strip()!r}.")
-        out.append((number, fields[0], fields[1].lower()))
+                             f"{', '.join(FILE_POOLS)}, got {line!r}.")
+        name = m.group("name").replace('""', '"') if line.startswith('"') else m.group("name").strip()
+        out.append((number, name, pool))
     return out
 
 
