@@ -51,10 +51,44 @@ def sweep_hint(task: str, defense: str, profile: str, *, has_sets: bool = False)
     return command + (" with this run's --set flags" if has_sets else "")
 
 
+#: a teacher that gains less than this over its input (dB) has nothing worth stealing: its drops mean little
+MIN_TEACHER_GAIN_DB = 1.0
+#: the paper's claim for ASVP's cost to honest users (dB): a cost above it at a set strength gets a remark
+CLAIMED_COST_DB = 0.1
+#: what the smoke profile is, wherever its numbers are shown
+SMOKE_WHY = ("profile smoke exists for the tests (tiny models, a few steps, a cell in seconds): its numbers show "
+             "that the machinery runs, not how a defense does; use the quick (CPU) or paper (GPU) profile for results")
+
+
+def teacher_remarks(metrics: Mapping[str, Any]) -> list[str]:
+    """A teacher that barely beats its input, and students that beat their teacher: both say the drops of this
+    cell (or table) cannot say much about a defense. ``metrics``: a cell's, or a table's means."""
+    out = []
+    inp, teacher, ref = (metrics.get(k) for k in ("input_psnr", "teacher_psnr", "student_ref_psnr"))
+    if all(isinstance(v, (int, float)) for v in (inp, teacher)) and teacher - inp < MIN_TEACHER_GAIN_DB:
+        gain = teacher - inp
+        out.append(f"the teacher scores {teacher:.2f} dB against its input's {inp:.2f} dB (a gain of {gain:+.2f} "
+                   f"dB, under {MIN_TEACHER_GAIN_DB:g} dB): it has little worth stealing, so its students' drops say "
+                   "little about the defense; train it longer (profile.teacher_steps) or use a larger profile.")
+    if all(isinstance(v, (int, float)) for v in (teacher, ref)) and ref - teacher >= MIN_DB:
+        out.append(f"the undefended student ({ref:.2f} dB) beats its teacher ({teacher:.2f} dB): the students learn "
+                   "more than the teacher knows (a teacher short of converged, or a student as strong as it), so a "
+                   "defense cannot take from them what the teacher does not have; train the teacher longer.")
+    return out
+
+
 def cell_remarks(metrics: Mapping[str, Any], *, task: str, defense: str, profile: str = "quick",
                  has_sets: bool = False) -> list[str]:
     """The remarks for one finished cell's metrics (empty when nothing in it needs explaining)."""
-    out = []
+    out = [SMOKE_WHY + "."] if profile == "smoke" else []
+    out += teacher_remarks(metrics)
+    cost, worst = metrics.get("teacher_drop_db"), metrics.get("worst_teacher_drop_db")
+    if isinstance(cost, (int, float)) and cost > CLAIMED_COST_DB:
+        worst_text = f" (worst test image {worst:.2f} dB)" if isinstance(worst, (int, float)) else ""
+        out.append(f"at this strength the defense costs honest users {cost:.2f} dB{worst_text}, above the "
+                   f"{CLAIMED_COST_DB:g} dB that defenses are usually claimed to cost: compare defenses at a stated "
+                   f"cost with --budget {CLAIMED_COST_DB:g} (calibrated on calib), or sweep strengths and read the "
+                   "report's matched test costs.")
     gap = gt_gap(metrics)
     if gap is not None:
         out.append(gt_below_text(gap))

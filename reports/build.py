@@ -58,6 +58,10 @@ class Report:
     cells: pd.DataFrame | None = field(default=None, repr=False)
 
 
+#: what docs/design.md asks of published numbers
+PUBLISHED_SEEDS = "Published numbers use at least 5 student seeds and 3 teacher seeds (docs/design.md)"
+
+
 def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
     """What the report cannot show, in words a reader can act on."""
     msgs = []
@@ -72,6 +76,10 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
         msgs.append(f"{len(failed)} cell(s) failed and are left out of the tables and plots; they are listed under "
                     "Failed cells with their errors. Fix the cause and re-run them (finished cells are kept).")
     msgs += apart(done)
+    if (done["profile"] == "smoke").any():
+        from bench.remarks import SMOKE_WHY
+
+        msgs.append(SMOKE_WHY + ".")
     tables = [t for t in tables if not t.derived]
     for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
         mine = [t for t in tables if t.profile == profile]
@@ -88,10 +96,10 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
     total = len(listed)
     if one_seed and len(one_seed) == total:  # a one-seed sweep: naming every configuration says nothing more
         msgs.append(f"every configuration ({total}) has one seed only, so no confidence interval (marked †). "
-                    "Run at least 3 seeds for published numbers.")
+                    f"{PUBLISHED_SEEDS}.")
     elif one_seed:
         msgs.append(f"{len(one_seed)} configuration(s) have one seed only, so no confidence interval: "
-                    + "; ".join(one_seed) + ". Run at least 3 seeds for published numbers.")
+                    + "; ".join(one_seed) + f". {PUBLISHED_SEEDS}.")
     return msgs
 
 

@@ -397,13 +397,19 @@ def _key(x: float) -> float:
 
 
 def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: bool) -> list[str]:
+    from bench.remarks import teacher_remarks
+
     notes = []
     ref = mean_ci(grp["teacher_psnr"]).mean, mean_ci(grp["student_ref_psnr"]).mean
     gt = mean_ci(grp["student_gt_psnr"]).mean if "student_gt_psnr" in grp else math.nan
+    inp = mean_ci(grp["input_psnr"]).mean if "input_psnr" in grp else math.nan
     if not any(math.isnan(v) for v in ref):
         also = "" if math.isnan(gt) else f", the attack trained on ground truth instead of answers {gt:.2f} dB"
-        notes.append(f"Undefended teacher {ref[0]:.2f} dB PSNR, reference student {ref[1]:.2f} dB{also} (means "
-                     "over this table's cells); drops are paired differences from the reference.")
+        given = "" if math.isnan(inp) else f"Input {inp:.2f} dB PSNR, u"
+        notes.append(f"{given or 'U'}ndefended teacher {ref[0]:.2f} dB PSNR, reference student {ref[1]:.2f} dB{also} "
+                     "(means over this table's cells); drops are paired differences from the reference.")
+        means = {"input_psnr": None if math.isnan(inp) else inp, "teacher_psnr": ref[0], "student_ref_psnr": ref[1]}
+        notes += [r[0].upper() + r[1:] for r in teacher_remarks(means)]
     pairs = sorted({_pair(t, s) for t, s in zip(grp["teacher_seed"], grp["seed"])})
     n_t, n_s = len({t for t, _ in pairs}), len({s for _, s in pairs})
     notes.append(f"Intervals: 95 % Student t over (teacher seed, student seed) pairs; this table has {n_s} student "

@@ -140,8 +140,24 @@ def test_bench_run_remarks_on_results_that_look_wrong(tmp_path, monkeypatch, cap
         **_row(student_gt_psnr=27.0, student_psnr=28.5), "profile": cell.profile.name})
     assert main(["run", "--task", "derain", "--profile", "smoke", "--home", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\nremark: ") == 2 and "1.00 dB below the distilled reference" in out
+    assert out.count("\nremark: ") == 3 and "1.00 dB below the distilled reference" in out
     assert "--profile smoke" in out
+    assert "remark: profile smoke exists for the tests" in out  # smoke numbers never pass for results
+
+
+def test_bench_run_remarks_on_a_teacher_worth_nothing_and_a_costly_default():
+    """Issue 33: a smoke teacher below its input, a student above its teacher, and the default ASVP costing
+    1.08 dB passed without a word."""
+    from bench.cli import format_cell
+
+    weak = format_cell(_row(input_psnr=29.64, teacher_psnr=29.53, student_ref_psnr=29.0, student_psnr=28.9,
+                            student_gt_psnr=29.1))
+    assert "remark: the teacher scores 29.53 dB against its input's 29.64 dB (a gain of -0.11 dB" in weak
+    above = format_cell(_row(teacher_psnr=28.10, student_ref_psnr=28.21, student_psnr=28.0, student_gt_psnr=28.3))
+    assert "remark: the undefended student (28.21 dB) beats its teacher (28.10 dB)" in above
+    costly = format_cell(_row(teacher_drop_db=1.08, worst_teacher_drop_db=2.27, served_fidelity_db=35.0))
+    assert "costs honest users 1.08 dB (worst test image 2.27 dB)" in costly and "--budget 0.1" in costly
+    assert "remark" not in format_cell(_row())
 
 
 def _report_cell(key, defense, seed, teacher_seed, *, student, gt=28.5, teacher=0.2):
@@ -191,6 +207,26 @@ def test_the_report_remarks_on_results_that_look_wrong(tmp_path):
         clean.put_cell(_report_cell(f"a{i}", "asvp", s, t, student=1.0 + 0.01 * i))
     (table,) = build_report(tmp_path / "c", tmp_path / "out2", ("md",), progress=False).tables
     assert not [n for n in table.notes if "Ground-truth" in n or "Negative" in n or "above the reference" in n]
+
+
+def test_a_smoke_report_says_what_smoke_is_for_and_shows_the_input(tmp_path):
+    """Issue 33: on smoke the teacher scored below its input with nothing said, and the leaderboard never
+    showed the input PSNR."""
+    from bench.store import Store
+    from reports import build_report
+
+    store = Store(tmp_path / "s")
+    for s in range(3):
+        cell = _report_cell(f"a{s}", "asvp", s, 0, student=0.1)
+        cell["metrics"].update(input_psnr=29.64, teacher_psnr=29.53)
+        store.put_cell(cell)
+    rep = build_report(tmp_path / "s", tmp_path / "out", ("md",), progress=False)
+    assert any(m.startswith("profile smoke exists for the tests") for m in rep.messages)
+    (table,) = rep.tables
+    assert any(n.startswith("Input 29.64 dB PSNR, undefended teacher 29.53 dB") for n in table.notes)
+    assert any(n.startswith("The teacher scores 29.53 dB against its input's 29.64 dB") for n in table.notes)
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "profile smoke exists for the tests" in md and "Published numbers use at least 5 student seeds" not in md
 
 
 # ------------------------------------------------------------------------------- figures a reader can read
