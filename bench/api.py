@@ -225,6 +225,9 @@ class AttackContext:
     cached_model: Callable[..., nn.Module] | None = None
     #: a fresh, untrained student of the cell's architecture (the user's ``--student`` or the task's)
     student_arch: Callable[[], nn.Module] | None = None
+    #: which of the cell's students this is, for progress bars: ``reference`` (from the undefended teacher),
+    #: ``ground truth`` (from the clean images), ``defended`` (from the served model); empty outside the pipeline
+    role: str = ""
 
 
 class Attack(Plugin):

@@ -127,5 +127,6 @@ def distill(
         def next_batch(g: torch.Generator):
             return sample_pair_crops(inputs, answers, p.batch, crop, g, scale=scale, augment=transforms)
 
+    label = f"{desc} [{ctx.role}]" if ctx.role else desc  # which of the cell's three students
     return train(student, next_batch, steps=steps, lr=lr, seed=ctx.seed, loss_fn=loss_fn,
-                 params=params, desc=desc, progress=ctx.progress)
+                 params=params, desc=label, progress=ctx.progress)

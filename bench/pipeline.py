@@ -381,7 +381,7 @@ def check_deterministic(teacher: nn.Module, probe: torch.Tensor, cell: Cell) -> 
 
 
 def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...] = (), progress: bool = True,
-                    ground_truth: bool = False) -> AttackContext:
+                    ground_truth: bool = False, role: str = "") -> AttackContext:
     # Attack assets (e.g. finetune's public pretrained student) never see the teacher, so they are keyed
     # by the attack's own config alone; --force does not recompute them (it would retrain them for each
     # student of the cell).
@@ -392,17 +392,17 @@ def _attack_context(cell: Cell, artifacts: Artifacts, *, exposed: tuple[str, ...
     return AttackContext(profile=cell.profile, seed=stable_seed("attack-data", cell.spec.seed), task=cell.task,
                          budget=cell.attack.budget(cell.profile), exposed_layers=exposed, progress=progress,
                          artifacts=artifacts.root, ground_truth=ground_truth, cached_model=cached_model,
-                         student_arch=cell.student_arch)
+                         student_arch=cell.student_arch, role=role)
 
 
 def steal_student(cell: Cell, teacher: nn.Module, defense: Defense, *, artifacts: Artifacts,
-                  progress: bool = True) -> tuple[nn.Module, int]:
+                  progress: bool = True, role: str = "defended") -> tuple[nn.Module, int]:
     """Run the cell's attack against ``defense`` serving ``teacher``; returns (student, queries used).
     The attack's adaptive countermeasures (:mod:`bench.adaptive`) wrap its query API here."""
     task, attack = cell.task, cell.attack
     exposed = tuple(attack.feature_layers(teacher)) if attack.access == "features" else ()
     student = _seeded_build(cell.student_arch, stable_seed("student-init", cell.spec.seed))
-    ctx = _attack_context(cell, artifacts, exposed=exposed, progress=progress)
+    ctx = _attack_context(cell, artifacts, exposed=exposed, progress=progress, role=role)
     with defense.serve(teacher, exposed_layers=exposed, answer_bits=cell.profile.answer_bits) as served:
         api = adaptive.wrap(QueryAPI(served, ctx.budget, attack.access), attack.params)
         student = attack.steal(api, task.splits().attacker, student, ctx)
@@ -431,7 +431,7 @@ def gt_student(cell: Cell, artifacts: Artifacts, *, progress: bool = True, force
 
     def train_fn(student: nn.Module) -> dict[str, Any]:
         t = time.perf_counter()
-        ctx = _attack_context(cell, artifacts, progress=progress, ground_truth=True)
+        ctx = _attack_context(cell, artifacts, progress=progress, ground_truth=True, role="ground truth")
         api = adaptive.wrap(OfflineAPI(ctx.budget, attack.access), attack.params)
         trained = attack.steal(api, task.splits().attacker, student, ctx)
         if trained is not student:
@@ -477,7 +477,7 @@ def reference_student(cell: Cell, teacher: nn.Module, teacher_key: str, artifact
         student.eval()
         return student, int(info.get("queries_used", cell.attack.budget(cell.profile)))
     student, used = steal_student(cell, teacher, Defense(None, seed=cell.spec.seed), artifacts=artifacts,
-                                  progress=progress)
+                                  progress=progress, role="reference")
     artifacts.save_model(key, student, config, {"queries_used": used})
     return student, used
 

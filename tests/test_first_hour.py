@@ -24,10 +24,27 @@ def test_a_run_logged_to_a_file_shows_progress_lines_and_where_it_stored(tmp_pat
     out = _bench("run", "--task", "derain", "--defense", "asvp", "--profile", "smoke", "--home", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "training teacher (derain)" in out.stderr and "\r" not in out.stderr  # lines, not a redrawn bar
+    for role in ("reference", "ground truth", "defended"):  # which of the three students each bar trains
+        assert f"training student [{role}]" in out.stderr, out.stderr
     assert f"stored in {tmp_path / 'results.sqlite'}" in out.stdout
     quiet = _bench("run", "--task", "derain", "--profile", "smoke", "--seed", "1", "--home", str(tmp_path),
                    BENCH_PROGRESS="0")
     assert quiet.returncode == 0 and "training" not in quiet.stderr
+
+
+def test_a_sweep_logged_to_a_file_writes_a_line_per_stage_and_whole_lines(tmp_path):
+    """Issue 33: a 15-cell smoke sweep logged to a file wrote 76 lines in 5 s, two per job, some cut
+    mid-word ('0 fai'); the README promises one line per stage at most every 30 s."""
+    out = _bench("sweep", "--tasks", "derain", "--defenses", "none,asvp,output_noise,mad,noise_floor", "--seeds",
+                 "0-2", "--profile", "smoke", "--set", "profile.teacher_steps=4", "--set", "profile.student_steps=4",
+                 "--n-jobs", "2", "--home", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stderr.splitlines() if "job" in x]
+    stages = ("sweep", "teachers & ground-truth students", "defense fits & reference students", "cells",
+              "sweep done")
+    assert len(lines) <= len(stages) + 2, lines  # a line per stage (and one more if a stage took 30 s)
+    assert lines[-1].startswith("sweep done") and lines[-1].endswith("cells 15/15 done, 0 failed]"), lines
+    assert all(x.endswith("]") for x in lines), lines  # never cut to a width
 
 
 def test_a_log_gets_the_last_progress_line_once():
