@@ -40,8 +40,9 @@ import pandas as pd
 
 from reports.cells import format_value
 from reports.matched import at_cost
-from reports.significance import ALPHA, verdicts
-from reports.stats import Estimate, mean_ci
+from reports.significance import ALPHA, FAMILY_TEXT, minimum_detectable_effect, verdicts
+from reports.significance import METHOD_TEXT as TEST_TEXT
+from reports.stats import Estimate, mean_ci, unit_ci
 
 #: teacher costs on test (dB) at which trade-off curves are compared
 MATCHED_COSTS = (0.1, 0.5, 1.0)
@@ -49,9 +50,7 @@ FLOOR_DEFENSE = "noise_floor"
 FLOOR_LABEL = "noise floor"
 #: how the tables test, in words a report prints (one Holm family per ranked group: each group is its own
 #: question, and the as-run group's many strengths should not dilute the matched-cost verdicts)
-METHOD_TEXT = ("Significance: paired two-sided t-tests over (teacher seed, student seed) pairs "
-               "(scipy.stats.ttest_rel), p-values adjusted with Holm's step-down method over every comparison "
-               "within one ranked group (each matched cost, each budget, the as-run strengths); alpha 0.05.")
+METHOD_TEXT = f"Significance: {TEST_TEXT[0].lower()}{TEST_TEXT[1:]} {FAMILY_TEXT}"
 HEADERS = ("Rank", "Defense", "Acts on", "Teacher drop (dB)", "Worst image (dB)", "Fidelity (dB)",
            "Student drop (dB)", "vs floor", "vs top", "Student SSIM drop (%)", "Pairs")
 #: decimals per estimate column (screen tables; the LaTeX tables print dB to 2 decimals, as papers do)
@@ -87,6 +86,9 @@ class Row:
     floor: bool = False
     #: pair -> student drop (what the significance tests compare)
     samples: dict[Pair, float] = field(default_factory=dict)
+    #: Holm-adjusted p against each other ranked row of its group, by that row's ``config_id`` (one family:
+    #: :data:`reports.significance.FAMILY_TEXT`); the verdict reads its comparisons from here
+    p_vs: dict[str, float] = field(default_factory=dict)
     p_floor: float = math.nan
     above_floor: bool = False
     p_top: float = math.nan
@@ -122,8 +124,15 @@ class Table:
     ids: tuple[str, str, str] = ("", "", "")
     #: mean PSNR of the reference (undefended) student over the table's cells
     ref_psnr: float = math.nan
-    #: built from other tables (the strongest-attack view), not from cells of its own
+    #: built from other tables (the worst case over attacks), not from cells of its own
     derived: bool = False
+    #: pair -> the undefended students' PSNR every drop of the table is measured from (the mean of the
+    #: reference and the noise-floor student where every pair has both, else the reference's)
+    baseline: dict[Pair, float] = field(default_factory=dict)
+    #: the baseline is the mean of two undefended students (True) or the reference student alone (False)
+    replicated: bool = False
+    #: minimum detectable effect of the table's groups (dB) and the student seeds it rests on
+    mde: tuple[float, int] = (math.nan, 0)
 
     @property
     def title(self) -> str:
@@ -167,6 +176,7 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
     failed = cells[cells["status"] != "done"]
     tables = []
     for (profile_id, task_id, attack_id), grp in done.groupby(["profile_id", "task_id", "attack_id"], sort=False):
+        grp, baseline, replicated = replicated_drops(grp)
         first = grp.iloc[0]
         fail_here = failed[(failed["profile_id"] == profile_id) & (failed["task_id"] == task_id)
                            & (failed["attack_id"] == attack_id)]
@@ -189,57 +199,115 @@ def build_tables(cells: pd.DataFrame) -> list[Table]:
         rows = _rank(rows)
         table = Table(profile=first["profile_label"], task=first["task_label"], attack=first["attack_label"],
                       attack_access=first["attack_access"] if isinstance(first["attack_access"], str) else None,
-                      rows=rows, ids=(profile_id, task_id, attack_id), ref_psnr=mean_ci(grp["student_ref_psnr"]).mean)
+                      rows=rows, ids=(profile_id, task_id, attack_id), ref_psnr=mean_ci(grp["student_ref_psnr"]).mean,
+                      baseline=baseline, replicated=replicated,
+                      mde=_mde(grp))
         table.notes = _notes(table, grp, fail_here, has_floor=bool(floor)) + notes + remarks(table, grp)
         tables.append(table)
     tables.sort(key=lambda t: (t.profile, t.task, t.attack))
-    return tables + strongest_attack_tables(tables)
+    return tables + worst_case_tables(tables)
 
 
-STRONGEST = "strongest attack run"
+def _mde(grp: pd.DataFrame) -> tuple[float, int]:
+    """The table's minimum detectable effect, from its noise floor's drops against the reference alone (the
+    spread of a difference of two students' chaos, as a defense-vs-floor difference is; against the
+    replicated baseline the floor's own drop is half that difference)."""
+    floor = grp[grp["defense"] == FLOOR_DEFENSE]
+    column = "student_drop_ref_only_db" if "student_drop_ref_only_db" in floor else "student_drop_db"
+    return minimum_detectable_effect(_values(floor, column)) if len(floor) else (math.nan, 0)
 
 
-def strongest_attack_tables(tables: list[Table]) -> list[Table]:
-    """Per (profile, task) with two or more attacks: every defense against the attack that did best against
-    it (the one whose defended student scores highest: the reference student's PSNR minus the drop), with
-    that attack named. A defense is judged by what it does to the strongest thief, not the weakest."""
+def replicated_drops(grp: pd.DataFrame) -> tuple[pd.DataFrame, dict[Pair, float], bool]:
+    """The table's cells with their student drops measured from the mean of two undefended students trained
+    with independent chaos, the reference and the noise-floor student of the same seed pair, where every pair
+    of the table has a noise-floor cell (DESIGN: references carry no single student's luck; measured on claims
+    grid v2: one lucky underwater reference added ~0.4 dB to every absolute drop). Paired differences between
+    rows, and each row against the floor, are the same either way; absolute drops are not. Returns (cells,
+    {pair: baseline PSNR}, replicated). Without a floor for every pair the reference alone is the baseline."""
+    ref = {_pair(t, s): float(v) for t, s, v in zip(grp["teacher_seed"], grp["seed"], grp["student_ref_psnr"])
+           if not pd.isna(v)}
+    floor = grp[grp["defense"] == FLOOR_DEFENSE]
+    f_psnr = floor.groupby([floor["teacher_seed"].fillna(0).astype(int), "seed"])["student_psnr"].mean().to_dict()
+    if floor.empty or any(p not in f_psnr for p in ref):
+        return grp, ref, False
+    f_ssim = floor.groupby([floor["teacher_seed"].fillna(0).astype(int), "seed"])["student_ssim"].mean().to_dict()
+    out = grp.copy()
+    pairs = [_pair(t, s) for t, s in zip(out["teacher_seed"], out["seed"])]
+    base = [(r + f_psnr[p]) / 2 for r, p in zip(out["student_ref_psnr"], pairs)]
+    base_ssim = [(r + f_ssim[p]) / 2 for r, p in zip(out["student_ref_ssim"], pairs)]
+    out["student_drop_ref_only_db"] = out["student_drop_db"]
+    out["student_drop_db"] = [b - v for b, v in zip(base, out["student_psnr"])]
+    out["student_ssim_drop_pct"] = [100.0 * (b - v) / max(b, 1e-12) for b, v in zip(base_ssim, out["student_ssim"])]
+    return out, {p: (r + f_psnr[p]) / 2 for p, r in ref.items()}, True
+
+
+#: the first table of a task with several attacks: each defense against the thief that does best against it
+WORST = "worst case over attacks"
+STRONGEST = WORST  # the name before claims grid v3
+
+
+def worst_case_tables(tables: list[Table]) -> list[Table]:
+    """Per (profile, task) with two or more attacks (adaptive variants included, each its own table): every
+    defense judged by the thief that does best against it. Per seed pair, the worst case's student drop is
+    the best undefended student over all attacks (each attack's table baseline) minus the best defended
+    student over all attacks that faced the defense (baseline minus drop, at the group's matched cost), so an
+    attack that also costs the thief undefended (an output filter) cannot pass for a strong one, and a defense
+    that only stops a naive attacker is not credited. Each row names the attack that gave the best defended
+    student on most pairs. Pairs the defense lacks under any of its attacks are left out (n shows it)."""
     import dataclasses
+    from collections import Counter
 
     out = []
     by_task: dict[tuple[str, str], list[Table]] = {}
     for t in tables:
-        if not math.isnan(t.ref_psnr):
+        if t.baseline and not t.derived:
             by_task.setdefault((t.profile, t.task), []).append(t)
     for (profile, task), mine in by_task.items():
         if len(mine) < 2:
             continue
+        best_base: dict[Pair, float] = {}
+        for t in mine:
+            for pair, v in t.baseline.items():
+                best_base[pair] = max(v, best_base.get(pair, -math.inf))
         rows: list[Row] = []
         fullest = sorted(mine, key=lambda t: -len(t.groups()))  # group order from the table that has most
-        groups = list(dict.fromkeys(name for t in fullest for name, _ in t.groups()))
-        for group in groups:
-            best: dict[str, tuple[float, Row, Table]] = {}
+        for group in dict.fromkeys(name for t in fullest for name, _ in t.groups()):
+            faced: dict[str, list[tuple[Row, Table]]] = {}
             for t in mine:
                 for r in t.rows:
-                    if r.group != group or r.floor or not r.sees or not r.student.n or r.channels == "none":
+                    if r.group == group and r.samples and (r.sees or r.floor):
+                        faced.setdefault(r.config_id, []).append((r, t))
+            for runs in faced.values():
+                pairs = set.intersection(*(set(r.samples) for r, _ in runs)) & set(best_base)
+                samples, winners = {}, Counter()
+                for pair in sorted(pairs):
+                    defended = {t.attack: t.baseline[pair] - r.samples[pair] for r, t in runs if pair in t.baseline}
+                    if len(defended) < len(runs):
                         continue
-                    defended = t.ref_psnr - r.student.mean
-                    if r.config_id not in best or defended > best[r.config_id][0]:
-                        best[r.config_id] = (defended, r, t)
-            rows += [dataclasses.replace(r, defense=f"{r.defense} · vs {t.attack}") for _, r, t in best.values()]
-        _rank_strongest(rows)
-        table = Table(profile=profile, task=task, attack=STRONGEST, attack_access=None, rows=rows, derived=True)
+                    attack = max(defended, key=lambda a: defended[a])
+                    samples[pair] = best_base[pair] - defended[attack]
+                    winners[attack] += 1
+                if not samples:
+                    continue
+                first = runs[0][0]
+                best = winners.most_common(1)[0][0]
+                name = first.defense if first.floor else f"{first.defense} · best thief: {best}"
+                rows.append(dataclasses.replace(first, defense=name, student=unit_ci(samples), samples=samples,
+                                                pairs=sorted(samples), ssim=Estimate(math.nan, None, 0),
+                                                rank=None, p_vs={}, flags=first.flags))
+        rows = _rank(rows)
+        table = Table(profile=profile, task=task, attack=WORST, attack_access=None, rows=rows, derived=True)
         run = ", ".join(t.attack for t in mine)
-        table.notes = [f"Each defense against the attack whose defended student scored highest ({run} were run): "
-                       "that attack is named after the defense. vs floor: against that attack's own "
-                       "noise floor (from its table). Ranks: paired tests between these rows over (teacher seed, "
-                       "student seed) pairs, Holm-corrected within each group."]
+        table.notes = [f"The worst case over the attacks run ({run}): per seed pair, the best undefended student "
+                       "over all attacks minus the best defended student over the attacks that faced the defense; "
+                       "each row names the attack that gave its best defended student on most pairs. vs floor: the "
+                       f"noise floor's worst case, read the same way. {METHOD_TEXT}"]
+        mde, units = minimum_detectable_effect(next((r.samples for r in rows if r.floor), {}))
+        if units >= 2:
+            table.mde = (mde, units)
+            table.notes.append(_mde_text(mde, units))
         out.append(table)
     return out
-
-
-def _rank_strongest(rows: list[Row]) -> None:
-    """Ranks within each group of the strongest-attack view; vs-floor marks stay those of the row's own table."""
-    rows[:] = [r for _, members in _by_group(rows) for r in _apply_verdicts(members, None)]
 
 
 def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Row]:
@@ -261,9 +329,9 @@ def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Ro
             rank=None, defense=FLOOR_LABEL if is_floor else label, channels=g["channels"].iloc[0],
             sees=bool(g["attack_sees_defense"].all()), group=group,
             budget_db=None if pd.isna(budget) else float(budget),
-            teacher=mean_ci(g["teacher_drop_db"]), student=mean_ci(g["student_drop_db"]),
-            ssim=mean_ci(g["student_ssim_drop_pct"]), worst=mean_ci(g["worst_teacher_drop_db"]),
-            fidelity=mean_ci(g["served_fidelity_db"]),
+            teacher=unit_ci(_values(g, "teacher_drop_db")), student=unit_ci(_values(g, "student_drop_db")),
+            ssim=unit_ci(_values(g, "student_ssim_drop_pct")), worst=unit_ci(_values(g, "worst_teacher_drop_db")),
+            fidelity=unit_ci(_values(g, "served_fidelity_db")),
             pairs=sorted(_pair(t, s) for t, s in zip(g["teacher_seed"], g["seed"])),
             config_id=config_id, family_id=g["family_id"].iloc[0], defense_base=g["defense_base"].iloc[0],
             failed=int((failed["config_id"] == config_id).sum()), floor=is_floor,
@@ -334,8 +402,8 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
                 nonmonotone += 1
     reached = len(values["student"])
     row = Row(rank=None, defense=label, channels=f["channels"].iloc[0], sees=True, group=group,
-              teacher=Estimate(cost, None, reached), student=mean_ci(values["student"].values()),
-              ssim=mean_ci(values["ssim"].values()), worst=mean_ci(values["worst"].values()),
+              teacher=Estimate(cost, None, reached), student=unit_ci(values["student"]),
+              ssim=unit_ci(values["ssim"]), worst=unit_ci(values["worst"]),
               pairs=sorted(values["student"]), config_id=family_id, family_id=family_id, defense_base=base,
               matched_cost=cost, samples=values["student"])
     if reached < len(pairs):
@@ -384,8 +452,10 @@ def _apply_verdicts(ranked: list[Row], floor: Row | None) -> list[Row]:
         entries.append((id(floor), floor.samples))
     result = verdicts([entries], floor=id(floor) if floor is not None else None)
     top = max(ranked, key=lambda x: _key(x.student.mean)) if ranked else None
+    by_id = {id(r): r for r in ranked}
     for r in ranked:
         v = result[(0, id(r))]
+        r.p_vs = {by_id[k].config_id: p for k, p in v.p_vs.items()}
         if floor is not None:
             r.p_floor, r.above_floor = v.p_floor, v.above_floor
         r.rank, r.p_top, r.separable_from_top, r.top = v.rank, v.p_top, v.separable_from_top, r is top
@@ -406,16 +476,22 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
     if not any(math.isnan(v) for v in ref):
         also = "" if math.isnan(gt) else f", the attack trained on ground truth instead of answers {gt:.2f} dB"
         given = "" if math.isnan(inp) else f"Input {inp:.2f} dB PSNR, u"
+        baseline = ("the mean of the reference and the noise-floor student of each seed pair (two undefended students "
+                    "with independent chaos, so no single student's luck shifts every drop)" if table.replicated
+                    else "the reference student of each seed pair")
         notes.append(f"{given or 'U'}ndefended teacher {ref[0]:.2f} dB PSNR, reference student {ref[1]:.2f} dB{also} "
-                     "(means over this table's cells); drops are paired differences from the reference.")
+                     f"(means over this table's cells); student drops are paired differences from {baseline}.")
         means = {"input_psnr": None if math.isnan(inp) else inp, "teacher_psnr": ref[0], "student_ref_psnr": ref[1]}
         notes += [r[0].upper() + r[1:] for r in teacher_remarks(means)]
     pairs = sorted({_pair(t, s) for t, s in zip(grp["teacher_seed"], grp["seed"])})
     n_t, n_s = len({t for t, _ in pairs}), len({s for _, s in pairs})
-    notes.append(f"Intervals: 95 % Student t over (teacher seed, student seed) pairs; this table has {n_s} student "
+    notes.append(f"Intervals: 95 % Student t over student seeds, each the mean over its teacher seeds (the "
+                 f"design is crossed, so student seeds are the independent units); this table has {n_s} student "
                  f"seed(s) ({_seed_list(sorted({s for _, s in pairs}))}) and {n_t} teacher seed(s) "
-                 f"({_seed_list(sorted({t for t, _ in pairs}))}). Pairs column: pairs behind the row "
-                 "(student x teacher seeds).")
+                 f"({_seed_list(sorted({t for t, _ in pairs}))}), which are treated as fixed. Pairs column: pairs "
+                 "behind the row (student x teacher seeds).")
+    if table.mde[1] >= 2:
+        notes.append(_mde_text(*table.mde))
     if has_floor:
         notes.append(f"{METHOD_TEXT} vs floor: the row's drops against the noise floor's (above: significantly "
                      "larger; below: significantly smaller, the students gain; n.s.: not separable from training "
@@ -453,6 +529,12 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
         listed_failed = ", ".join(f"{lab} ({n})" for lab, n in by_label.items())
         notes.append(f"Failed cells, not in the table: {listed_failed}; see Failed cells.")
     return notes
+
+
+def _mde_text(mde: float, units: int) -> str:
+    return (f"Minimum detectable effect: {mde:.2f} dB (80 % power, alpha 0.05 before correction, from the noise "
+            f"floor's spread over {units} student seeds): a difference below it cannot be told from training noise "
+            "by this table; 'n.s.' means not separable, not equal.")
 
 
 def remarks(table: Table, grp: pd.DataFrame) -> list[str]:

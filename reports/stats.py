@@ -9,7 +9,7 @@ report says so rather than printing zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,8 @@ class Estimate:
     #: half-width of the 95 % interval; None with fewer than two values
     ci: float | None
     n: int
+    #: independent units the interval rests on (student seeds, :func:`unit_ci`); None: every value is one
+    units: int | None = None
 
     @property
     def low(self) -> float:
@@ -45,3 +47,28 @@ def mean_ci(values: Iterable[float], level: float = LEVEL) -> Estimate:
         return Estimate(mean, None, n)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Estimate(mean, half, n)
+
+
+def unit_of(key: Hashable) -> Hashable:
+    """The independent unit of a sample key: the student seed of a (teacher seed, student seed) pair (the
+    design is crossed: a student seed fixes the student's initialisation, query crops and data order under
+    every teacher, so the pairs of one student seed are not independent); any other key is its own unit."""
+    return key[1] if isinstance(key, tuple) and len(key) == 2 else key
+
+
+def unit_means(samples: Mapping[Hashable, float]) -> dict[Hashable, float]:
+    """The mean of each unit's finite values (a student seed's mean over the teacher seeds it has)."""
+    grouped: dict[Hashable, list[float]] = {}
+    for key, v in samples.items():
+        if v is not None and math.isfinite(v):
+            grouped.setdefault(unit_of(key), []).append(float(v))
+    return {u: float(np.mean(vs)) for u, vs in grouped.items()}
+
+
+def unit_ci(samples: Mapping[Hashable, float], level: float = LEVEL) -> Estimate:
+    """Mean and Student-t interval over independent units (see :func:`unit_of`): the mean of the units' means,
+    and the interval of those means (df = units - 1). ``n`` counts the values (pairs), ``units`` the units."""
+    finite = [v for v in samples.values() if v is not None and math.isfinite(v)]
+    means = list(unit_means(samples).values())
+    e = mean_ci(means, level)
+    return Estimate(e.mean, e.ci, len(finite), len(means))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
 from reports.matched import Matched, at_cost
-from reports.significance import METHOD_TEXT, holm, paired_test, verdicts
+from reports.significance import METHOD_TEXT, crossed_test, holm, minimum_detectable_effect, paired_test, verdicts
+from reports.stats import mean_ci, unit_ci
 
 CURVE = [(1.0, 0.2, 0.5), (2.0, 0.6, 1.3), (3.0, 1.4, 2.0)]
 
@@ -198,7 +200,7 @@ def test_verdicts_p_values_are_holm_adjusted_over_the_table():
     group = [("none", FLOOR), ("strong", STRONG), ("b", NOISE_B), ("c", NOISE_C)]
     rows = dict(group)
     order = [("strong", "b"), ("strong", "none"), ("strong", "c"), ("b", "c"), ("b", "none"), ("c", "none")]
-    raw = [paired_test(rows[i], rows[j]).p for i, j in order]
+    raw = [crossed_test(rows[i], rows[j]).p for i, j in order]
     adj = dict(zip(order, holm(raw)))
     v = verdicts([group], floor="none")
     assert v[(0, "c")].p_floor == pytest.approx(adj[("c", "none")])
@@ -265,4 +267,55 @@ def test_verdicts_rejects_duplicate_row_keys():
 
 
 def test_method_text_names_the_test_and_the_correction():
-    assert "ttest_rel" in METHOD_TEXT and "Holm" in METHOD_TEXT
+    assert "student seeds" in METHOD_TEXT and "Holm" in METHOD_TEXT and "df = student seeds - 1" in METHOD_TEXT
+
+
+# -- the crossed design ---------------------------------------------------------------------------
+# A difference with a strong student-seed effect: student seed s adds EFFECT[s] under both teachers.
+EFFECT = [0.9, 0.3, 0.4]
+CROSSED = {(t, s): EFFECT[s] + (0.01 if t == 0 else -0.01) for t in range(2) for s in range(3)}
+ZERO = {k: 0.0 for k in CROSSED}
+
+
+def test_the_naive_test_rejects_a_student_seed_effect_the_crossed_test_does_not():
+    naive = paired_test(CROSSED, ZERO)  # six pairs as if independent: df 5
+    crossed = crossed_test(CROSSED, ZERO)  # three student seeds: df 2
+    assert naive.n == 6 and naive.p < 0.05
+    assert crossed.n == 3 and crossed.p > 0.05
+    # by hand: unit means 0.9, 0.3, 0.4: mean 0.5333, SD 0.3215, t = 0.5333 / (0.3215 / sqrt 3) = 2.873 on 2 df
+    assert crossed.statistic == pytest.approx(2.873, abs=2e-3)
+    assert crossed.p == pytest.approx(2 * stats.t.sf(2.873, 2), abs=1e-3)
+    assert crossed.mean_diff == pytest.approx(0.5333, abs=1e-4)
+    v = verdicts([[("none", ZERO), ("d", CROSSED)]], floor="none")
+    assert v[(0, "d")].above_floor is False  # the naive test would call it above the floor
+
+
+def test_crossed_test_averages_over_the_teacher_seeds_a_student_seed_has():
+    a = {(0, 0): 1.0, (1, 0): 3.0, (0, 1): 1.0, (0, 2): 2.0}  # student 0 has two teachers, 1 and 2 one
+    b = {(0, 0): 0.0, (1, 0): 0.0, (0, 1): 0.0, (0, 2): 0.0, (1, 2): 5.0}  # (1, 2) missing from a: left out
+    t = crossed_test(a, b)
+    assert t.n == 3 and t.mean_diff == pytest.approx((2.0 + 1.0 + 2.0) / 3)
+
+
+def test_unit_ci_is_the_interval_of_the_student_seed_means():
+    e = unit_ci(CROSSED)
+    assert e.n == 6 and e.units == 3
+    by_hand = mean_ci([0.9, 0.3, 0.4])
+    assert e.mean == pytest.approx(by_hand.mean) and e.ci == pytest.approx(by_hand.ci)
+
+
+def test_minimum_detectable_effect_matches_a_hand_computation():
+    floor = {(t, s): v for t in range(2) for s, v in enumerate([0.1, -0.2, 0.3, 0.0, -0.1])}
+    mde, n = minimum_detectable_effect(floor)
+    sd = np.std([0.1, -0.2, 0.3, 0.0, -0.1], ddof=1)  # each student seed's mean over its two teachers
+    assert n == 5
+    assert mde == pytest.approx((stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * sd / math.sqrt(5))
+    assert mde == pytest.approx(3.71 * 0.1924 / 2.236, abs=0.01)  # 0.319 dB
+    assert math.isnan(minimum_detectable_effect({(0, 0): 0.1})[0])
+
+
+def test_verdicts_give_every_pairwise_adjusted_p():
+    group = [("none", FLOOR), ("strong", STRONG), ("b", NOISE_B), ("c", NOISE_C)]
+    v = verdicts([group], floor="none")
+    assert set(v[(0, "strong")].p_vs) == {"b", "c"}
+    assert v[(0, "strong")].p_vs["b"] == v[(0, "b")].p_vs["strong"] == v[(0, "b")].p_top
