@@ -8,6 +8,7 @@ beside ``config.json``, which says what produced them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench import BenchError
+
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -32,16 +35,30 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``data`` as ``path``, whole or not at all (a temporary file renamed); a full disk is a one-line
+    BenchError naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        _raise_if_full(exc, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            _raise_if_full(exc, path)
         raise
+
+
+def _raise_if_full(exc: OSError, path: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise BenchError(f"cannot write {path}: {exc.strerror} (the disk is full); free space on it, or pass "
+                         "another --home, and re-run: finished results and models are kept.") from None
 
 
 #: beside ``model.pt``: the sha256 of its bytes, written when it is saved

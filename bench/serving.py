@@ -81,6 +81,9 @@ def checked(out: object, like: torch.Tensor, defense: Defense, method: str) -> t
                          f"{like.dtype} one of shape {tuple(like.shape)} on {like.device}; return the same shape, "
                          "dtype and device.")
     if not bool(torch.isfinite(out).all()):
+        if not bool(torch.isfinite(like).all()):  # the model's own output already was: not the defense's doing
+            raise BenchError(f"the teacher's own output holds NaN or inf values (before {method}): the teacher is "
+                             "at fault, not the defense; check its weights, or retrain it (--force).")
         raise BenchError(f"{who} returned non-finite values (NaN or inf); keep its output finite.")
     return out
 

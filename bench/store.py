@@ -61,6 +61,22 @@ CELL_COLUMNS = ("key", "task", "defense", "attack", "seed", "profile", "budget",
                 "config", "metrics", "versions", "started", "finished", "wall_s")
 
 
+def schema_columns() -> dict[str, tuple[str, ...]]:
+    """Each table of :data:`SCHEMA` and its columns, in order."""
+    tables: dict[str, tuple[str, ...]] = {}
+    for block in SCHEMA.split("CREATE TABLE IF NOT EXISTS ")[1:]:
+        name, body = block.split("(", 1)
+        body = body.rsplit(")", 1)[0]
+        tables[name.strip()] = tuple(line.split()[0] for line in body.splitlines() if line.strip())
+    return tables
+
+
+def disk_trouble(exc: BaseException) -> bool:
+    """SQLite could not write for want of space or a working disk (SQLITE_FULL, SQLITE_IOERR)."""
+    text = str(exc).lower()
+    return "disk is full" in text or "disk i/o error" in text or "no space left" in text
+
+
 def default_home() -> Path:
     return Path(os.environ.get("BENCH_HOME", "runs"))
 
@@ -88,6 +104,24 @@ class Store:
         if not readonly:
             with self._connect() as con:
                 con.executescript(SCHEMA)
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        """A one-line error when a table of the store lacks columns this version reads or writes (a store
+        made by another version, or edited): found on opening, not as a KeyError after a cell has run. A
+        read-only store may lack whole tables other than ``cells`` (older stores had no ``attempts``)."""
+        with self._connect() as con:
+            found = {name: {row[1] for row in con.execute(f"PRAGMA table_info({name})").fetchall()}
+                     for name in schema_columns()}
+        for name, columns in schema_columns().items():
+            if not found[name] and (self.readonly and name != "cells"):
+                continue
+            missing = [c for c in columns if c not in found[name]]
+            if missing:
+                what = (f"has no table '{name}'" if not found[name] else
+                        f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} of table '{name}'")
+                raise BenchError(f"the results store {self.path} {what}: it was made by another version of bench "
+                                 f"or edited. {self._recovery()}")
 
     def _lost(self) -> bool:
         """A 0-byte file that stays so: a store another process is creating this instant is 0 bytes for a
@@ -126,6 +160,8 @@ class Store:
                     if "readonly" in str(exc) or "read-only" in str(exc):
                         raise BenchError(f"the results store {self.path} is read-only ({exc}); run on a "
                                          "writable --home (bench report reads read-only stores).") from None
+                    if disk_trouble(exc):
+                        raise self._disk_error(exc) from None
                     raise
                 except sqlite3.DatabaseError as exc:
                     raise BenchError(f"{self.path} is not a results store ({exc}). {self._recovery()}") from None
@@ -138,9 +174,16 @@ class Store:
                 if "readonly" in text or "read-only" in text:
                     raise BenchError(f"the results store {self.path} is read-only ({text}); run on a writable "
                                      "--home (bench report reads read-only stores).") from None
+                if disk_trouble(exc):
+                    raise self._disk_error(exc) from None
                 raise BenchError(f"the results store {self.path} is damaged ({text}). {self._recovery()}") from None
         finally:
             con.close()
+
+    def _disk_error(self, exc: BaseException) -> BenchError:
+        return BenchError(f"writing the results store {self.path} failed ({' '.join(str(exc).split())}): the disk may "
+                          "be full (or failing); free space on it, or pass another --home, and re-run: the finished "
+                          "results are kept (the failed write was not applied) and a re-run continues from them.")
 
     def check(self) -> None:
         """A one-line error, with recovery advice, if SQLite finds the store damaged."""
