@@ -347,6 +347,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verdict(args: argparse.Namespace) -> int:
+    from bench.cache import atomic_write_bytes
+    from reports.build import only_tasks
+    from reports.verdict import load_cells, replace_section, verdict_markdown
+
+    cells, source = load_cells(args.home, args.cells)
+    if args.tasks:
+        cells = only_tasks(cells, tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
+    text = verdict_markdown(cells, source=source)
+    if args.out:
+        atomic_write_bytes(Path(args.out), ("# The claims, per task\n\n" + text).encode())
+        Path(args.out).chmod(0o644)  # the atomic temporary file is private; a verdict is for sharing
+    if args.readme:
+        path = Path(args.readme)
+        try:
+            old, mode = path.read_text(), path.stat().st_mode
+        except OSError as exc:
+            raise BenchError(f"--readme {path}: {exc.strerror}; pass the README to update.") from None
+        atomic_write_bytes(path, replace_section(old, text, str(path)).encode())
+        path.chmod(mode)
+        print(f"verdict written into {path}", file=sys.stderr)
+    print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -432,6 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated tasks to report (default: every task in the store), e.g. the "
                                    "finished part of a grid that is still running")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("verdict", help="the ASVP paper's claims judged per task (README section, verdict.md)",
+                       description="Judge the ASVP paper's four claims per task from a store or a report's cells.csv, "
+                                   "with the leaderboard's own test, family and baseline, and print the verdict as "
+                                   "Markdown; --readme FILE rewrites FILE's section between the verdict markers.",
+                       formatter_class=DefaultsOnceFormatter)
+    p.add_argument("--home", help="a store (a claims grid's)")
+    p.add_argument("--cells", metavar="FILE", help="a report's cells.csv instead of a store, e.g. "
+                                                   "docs/results/claims-v2/cells.csv")
+    p.add_argument("--tasks", help="comma-separated tasks (default: every task)")
+    p.add_argument("--out", metavar="FILE", help="also write the verdict to FILE (e.g. a report's verdict.md)")
+    p.add_argument("--readme", metavar="FILE", help="rewrite FILE's generated section (between '<!-- bench verdict: "
+                                                    "start -->' and '<!-- bench verdict: end -->')")
+    p.set_defaults(func=cmd_verdict)
     return parser
 
 

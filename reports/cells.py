@@ -279,6 +279,51 @@ def spreadsheet_safe(value: Any) -> Any:
         return "'" + value
 
 
+def from_csv(path: Path | str) -> pd.DataFrame:
+    """The tidy per-cell table of a report's ``cells.csv`` (as :func:`csv_frame` wrote it), so that a committed
+    report can be re-read without its store (``bench verdict --cells``). Each row becomes the store row it was
+    made from (its config rebuilt from the task, defense and attack parameters, its numerics and the teacher
+    it shared) and goes through :func:`tidy`, so ids and labels are made by the same code as from a store."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=True)
+    except (OSError, pd.errors.ParserError) as exc:
+        detail = " ".join(str(exc).split())  # pandas' parser errors span lines
+        raise BenchError(f"cannot read {path} as a report's cells.csv ({detail}); pass the cells.csv bench report "
+                         "wrote.") from None
+    missing = [c for c in ("key", "status", "task", "defense", "attack", "seed", "task_params", "defense_params",
+                           "attack_params") if c not in frame]
+    if missing:
+        raise BenchError(f"{path} is not a report's cells.csv (no column {', '.join(missing)}); pass the cells.csv "
+                         "bench report wrote.")
+    meta = {"key", "status", "error", "task", "defense", "attack", "seed", "profile", "budget_db", "config"}
+    rows = []
+    for rec in frame.to_dict("records"):
+        def unquote(v: Any) -> Any:
+            return v[1:] if isinstance(v, str) and v.startswith("'") and v[1:2] in FORMULA_STARTS else v
+
+        rec = {k: unquote(v) for k, v in rec.items()}
+        params = {part: json.loads(rec[f"{part}_params"]) if isinstance(rec.get(f"{part}_params"), str) else {}
+                  for part in ("task", "defense", "attack")}
+        config: dict[str, Any] = {part: {"name": rec[part], "version": "1", "params": params[part]}
+                                  for part in ("task", "defense", "attack")}
+        budget = rec.get("budget_db")
+        config.update(seed=int(rec["seed"]), teacher_seed=int(rec.get("teacher_seed") or 0),
+                      budget_db=None if budget is None or pd.isna(budget) else float(budget), profile={})
+        if isinstance(rec.get("numerics"), str):
+            config["numerics"] = json.loads(rec["numerics"])
+        metrics = {k: v for k, v in rec.items() if k not in meta and not k.endswith("_params")}
+        for col in PER_IMAGE:
+            if isinstance(metrics.get(col), str):
+                metrics[col] = json.loads(metrics[col])
+        if isinstance(metrics.get("student_shortcut"), str):
+            metrics["student_shortcut"] = metrics["student_shortcut"] == "True"
+        rows.append({"key": rec["key"], "status": rec["status"], "error": rec.get("error"), "task": rec["task"],
+                     "defense": rec["defense"], "attack": rec["attack"], "seed": int(rec["seed"]),
+                     "profile": rec.get("profile") or "quick", "budget": config["budget_db"], **metrics,
+                     "config": config})
+    return tidy(pd.DataFrame(rows))
+
+
 def to_csv(cells: pd.DataFrame, path: Path) -> None:
     csv_frame(cells).to_csv(path, index=False)
 

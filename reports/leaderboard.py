@@ -17,11 +17,15 @@ One table per (profile, task, attack). Its rows come in ranked *groups*, in this
 
 Every group that holds a ``noise_floor`` configuration shows it as the ``noise floor`` row: a student
 trained on its own from invisibly perturbed answers, whose spread is the chaos of training. Within a
-group each row's paired student drops (same teacher and student seeds) are tested against the floor and
-against every other row (:func:`reports.significance.verdicts`; paired two-sided t-tests, Holm-corrected
-over every comparison of the group); a row's rank is 1 + the number of rows significantly above it, so
-rows that cannot be separated share a rank. Every number is a mean over (teacher seed, student seed)
-pairs with its 95 % Student-t interval (:mod:`reports.stats`), and the pair counts are shown.
+group each row's student drops are tested against the floor and against every other row on the seed pairs
+both have (:func:`reports.significance.verdicts`: the crossed design's test on student seeds, Holm-corrected
+within the group, one family: :data:`reports.significance.FAMILY_TEXT`); a row's rank is 1 + the number of
+rows significantly above it, so rows that cannot be separated share a rank. Every number is a mean over
+student seeds (each the mean over its teacher seeds) with its 95 % Student-t interval
+(:func:`reports.stats.unit_ci`), the pair counts are shown, and each table states its minimum detectable
+effect. Drops are measured from the mean of the reference and the noise-floor student where every pair has
+both (:func:`replicated_drops`). A task with several attacks gets a first table of each defense's worst case
+over them (:func:`worst_case_tables`).
 
 A defense that touches only a channel the attack cannot see (features, against an output-only attack)
 is listed but not ranked: its student is the undefended one.
@@ -302,10 +306,12 @@ def worst_case_tables(tables: list[Table]) -> list[Table]:
                        "over all attacks minus the best defended student over the attacks that faced the defense; "
                        "each row names the attack that gave its best defended student on most pairs. vs floor: the "
                        f"noise floor's worst case, read the same way. {METHOD_TEXT}"]
-        mde, units = minimum_detectable_effect(next((r.samples for r in rows if r.floor), {}))
-        if units >= 2:
-            table.mde = (mde, units)
-            table.notes.append(_mde_text(mde, units))
+        # the floor's worst case is a max over attacks, not one student's chaos: the table can see no more than
+        # the least sensitive of the tables it is read from
+        seen = [t.mde for t in mine if t.mde[1] >= 2]
+        if seen:
+            table.mde = max(seen)
+            table.notes.append(_mde_text(*table.mde))
         out.append(table)
     return out
 
@@ -533,8 +539,9 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
 
 def _mde_text(mde: float, units: int) -> str:
     return (f"Minimum detectable effect: {mde:.2f} dB (80 % power, alpha 0.05 before correction, from the noise "
-            f"floor's spread over {units} student seeds): a difference below it cannot be told from training noise "
-            "by this table; 'n.s.' means not separable, not equal.")
+            f"floor's spread over {units} student seeds; a defense whose drops spread more than the floor's needs "
+            "more): a difference below it cannot be told from training noise by this table; 'n.s.' means not "
+            "separable, not equal.")
 
 
 def remarks(table: Table, grp: pd.DataFrame) -> list[str]:

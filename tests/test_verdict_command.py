@@ -1,0 +1,115 @@
+"""``bench verdict`` (issue 29 item 8): the README's "Does ASVP hold up?" is what the command prints from the
+committed claims-grid CSV, a committed cells.csv reads back as the store it came from, and the verdict's
+comparisons are the leaderboard's own (one family)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from reports import cells as cells_mod
+from reports.leaderboard import WORST, build_tables
+from reports.verdict import judge_task, section_of, verdict_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+CLAIMS_CSV = ROOT / "docs" / "results" / "claims-v2" / "cells.csv"
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return cells_mod.from_csv(CLAIMS_CSV)
+
+
+def test_the_readme_verdict_is_what_bench_verdict_prints(claims):
+    readme = (ROOT / "README.md").read_text()
+    section = section_of(readme)
+    assert section is not None, "README.md lost its verdict markers"
+    expected = verdict_markdown(claims, source="docs/results/claims-v2/cells.csv")
+    assert section == expected, ("README's verdict differs from the data: run bench verdict --cells "
+                                 "docs/results/claims-v2/cells.csv --readme README.md")
+
+
+def test_the_verdict_reads_its_comparisons_from_the_leaderboards_family(claims):
+    tables = build_tables(claims)
+    (worst,) = [t for t in tables if t.task == "derain" and t.attack == WORST]
+    rows = [r for r in worst.rows if r.group == "matched test cost 0.5 dB"]
+    asvp = next(r for r in rows if r.defense_base.startswith("asvp"))
+    priors = [r for r in rows if not r.floor and r is not asvp and r.rank is not None]
+    p = max(asvp.p_vs[r.config_id] for r in priors)
+    text = judge_task("derain", tables, claims)["priors"]
+    assert f"0.5 dB: above all {len(priors)} (Holm p <= {p:.3f})" in text
+
+
+def _cell(key, defense, params, seed, teacher_seed, attack, *, teacher, student):
+    metrics = {"teacher_drop_db": teacher, "student_drop_db": student, "student_ssim_drop_pct": 2 * student,
+               "worst_teacher_drop_db": 2 * teacher, "served_fidelity_db": 40.0, "input_psnr": 20.0,
+               "teacher_psnr": 30.0, "served_psnr": 30.0 - teacher, "student_ref_psnr": 28.0, "student_ref_ssim": 0.9,
+               "student_psnr": 28.0 - student, "student_ssim": 0.9 - student / 100, "student_gt_psnr": 27.5,
+               "channels": "answers", "student_shortcut": False, "queries_used": 16,
+               "teacher_drop_db_per_image": [teacher, teacher]}
+    return {"key": key, "task": "derain", "defense": defense, "attack": attack, "seed": seed, "profile": "quick",
+            "status": "done", "error": None, "metrics": metrics,
+            "config": {"task": {"name": "derain", "version": "1", "params": {}},
+                       "defense": {"name": defense, "version": "1", "params": params},
+                       "attack": {"name": attack, "version": "1", "params": {}},
+                       "seed": seed, "teacher_seed": teacher_seed, "budget_db": None, "profile": {"crop": 24},
+                       "numerics": {"device": "cpu", "threads": 1, "precision": "fp32"}}}
+
+
+def seeded_store(home):
+    from bench.store import Store
+
+    store = Store(home)
+    for attack in ("vanilla_kd", "feature_kd"):
+        for t in (0, 1):
+            for s in range(3):
+                j = 0.01 * ((5 * s + 3 * t + len(attack)) % 7)
+                store.put_cell(_cell(f"{attack}f{t}{s}", "noise_floor", {}, s, t, attack, teacher=0.001, student=j))
+                for h, cost, drop in ((1.2, 0.05, 0.3), (2.0, 0.8, 1.5)):
+                    store.put_cell(_cell(f"{attack}a{h}{t}{s}", "asvp", {"h": h}, s, t, attack, teacher=cost + j,
+                                         student=drop + 2 * j))
+                for sigma, cost, drop in ((0.01, 0.2, 0.1), (0.03, 1.2, 0.4)):
+                    store.put_cell(_cell(f"{attack}o{sigma}{t}{s}", "output_noise", {"sigma": sigma}, s, t, attack,
+                                         teacher=cost + j, student=drop - j))
+    return home
+
+
+def test_a_report_csv_reads_back_as_its_store(tmp_path):
+    """The tables from a store and from the cells.csv its report wrote are the same tables."""
+    home = seeded_store(tmp_path / "s")
+    from reports import build_report
+
+    build_report(home, tmp_path / "out", ("csv",), progress=False)
+    direct = build_tables(cells_mod.load(home))
+    again = build_tables(cells_mod.from_csv(tmp_path / "out" / "cells.csv"))
+    assert [(t.task, t.attack) for t in direct] == [(t.task, t.attack) for t in again]
+    for a, b in zip(direct, again):
+        assert [(r.defense, r.group, r.pairs) for r in a.rows] == [(r.defense, r.group, r.pairs) for r in b.rows]
+        for ra, rb in zip(a.rows, b.rows):
+            assert (math.isnan(ra.student.mean) and math.isnan(rb.student.mean)) or \
+                ra.student.mean == pytest.approx(rb.student.mean)
+            assert ra.rank == rb.rank
+
+
+def test_bench_verdict_writes_the_readme_section_and_refuses_bad_input(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench verdict: start -->\nOLD-SECTION\n<!-- bench verdict: end -->\n\ntail\n")
+    assert main(["verdict", "--cells", str(CLAIMS_CSV), "--tasks", "derain", "--readme", str(readme)]) == 0
+    out = capsys.readouterr().out
+    text = readme.read_text()
+    assert "OLD-SECTION" not in text and text.endswith("tail\n") and section_of(text) == out
+    assert "| claim | derain |" in out
+    bad = ((["verdict"], "one source"), (["verdict", "--cells", str(tmp_path / "nope.csv")], "no such file"),
+           (["verdict", "--cells", str(ROOT / "README.md")], "report's cells.csv"))
+    for argv, words in bad:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    (tmp_path / "plain.md").write_text("no markers\n")
+    plain = ["verdict", "--cells", str(CLAIMS_CSV), "--tasks", "derain", "--readme", str(tmp_path / "plain.md")]
+    assert main(plain) == 2
+    assert "no verdict markers" in capsys.readouterr().err
+    assert (tmp_path / "plain.md").read_text() == "no markers\n"  # nothing lost
