@@ -324,13 +324,36 @@ def sweep_timeout(args: argparse.Namespace) -> float | None:
     return DEFAULT_JOB_TIMEOUT_S if given is None else given
 
 
+def _strength_of(defense: str) -> str | None:
+    from bench.registry import DEFENSES
+
+    return DEFENSES.get(defense).strength
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.scheduler import format_summary, run_sweep
 
     specs = sweep_specs(args)
-    result = run_sweep(specs, home=_home(args), n_jobs=args.n_jobs, backend=args.backend,
-                       address=args.address, force=args.force, progress=True, jobs_per_gpu=args.jobs_per_gpu,
-                       job_timeout_s=sweep_timeout(args))
+    def sweep(cells: list[Any], force: bool) -> Any:
+        return run_sweep(cells, home=_home(args), n_jobs=args.n_jobs, backend=args.backend, address=args.address,
+                         force=force, progress=True, jobs_per_gpu=args.jobs_per_gpu,
+                         job_timeout_s=sweep_timeout(args))
+
+    if args.refine < 0:
+        raise BenchError(f"--refine must be a number of rounds >= 0, got {args.refine}.")
+    result = sweep(specs, args.force)
+    for round_ in range(1, args.refine + 1):
+        from bench.refine import proposals
+
+        added = proposals(result)
+        if not added:
+            print(f"refine: no reading crosses a wide bracket after round {round_ - 1}; done", file=sys.stderr)
+            break
+        values = sorted({f"{s.defense}.{k}={v:g}" for s in added for k, v in s.defense_params.items()
+                         if k == _strength_of(s.defense)})
+        print(f"refine round {round_}: {len(added)} cells at {', '.join(values)}", file=sys.stderr)
+        specs = specs + added
+        result = sweep(specs, False)  # finished cells are cached: only the new strengths run
     print(format_summary(result))
     return 0 if result.ok else 1
 
@@ -415,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
                    help="the attackers' student architecture for every cell (default: the reference student)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
+    p.add_argument("--refine", type=int, default=0, metavar="ROUNDS",
+                   help="after the sweep, add strengths where a curve's reading at a matched cost crosses a wide "
+                        "bracket (reports.matched.wide_gap), up to ROUNDS rounds of at most 2 per defense (default 0)")
     p.add_argument("--job-timeout", type=float, metavar="SECONDS",
                    help="seconds one job (a teacher, a student, a cell) may run before it fails with that reason and "
                         "the sweep goes on (default: the grid file's job_timeout, else 12 h; 0: no limit)")

@@ -129,6 +129,8 @@ class SweepResult:
     failures: dict[str, str]  # cell key -> error
     wall_s: float
     labels: dict[str, str]
+    #: cell key -> the spec as the sweep ran it (threads and a shared teacher filled in)
+    specs: dict[str, CellSpec] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -626,7 +628,7 @@ def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, ba
         if row is not None:
             rows.append(row)
     return SweepResult(rows=rows, ran=ran, cached=cached + len(the_plan.cached), failures=failures,
-                       wall_s=time.time() - start, labels=labels)
+                       wall_s=time.time() - start, labels=labels, specs={k: c.spec for k, c in cells.items()})
 
 
 def _execute(jobs: list[Job], n_jobs: int, home: str, force: bool, threads: int | None, *,

@@ -6,7 +6,8 @@ One table per (profile, task, attack). Its rows come in ranked *groups*, in this
 
 1. **Matched test cost** (the primary ranking; ``MATCHED_COSTS``, 0.1, 0.5 and 1.0 dB): every defense run
    at two or more strengths is one curve per (teacher seed, student seed) pair, teacher drop on test
-   against student drop, read at the cost by linear interpolation (:func:`reports.matched.at_cost`; the
+   against student drop, read at the cost by interpolation (:func:`reports.matched.at_cost`, monotone
+   cubic where the curve is monotone, marked ``≈`` where a reading crosses a wide bracket; the
    curve starts at (0, 0) at the identity strength where the plugin says its answers are then the
    teacher's, ``Defense.strength_identity``). A curve that does not reach the cost gives no value for
    that pair (never an extrapolation) and the row says on how many pairs it was reached.
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from reports.cells import format_value
-from reports.matched import at_cost
+from reports.matched import at_cost, wide_gap
 from reports.significance import ALPHA, FAMILY_TEXT, minimum_detectable_effect, verdicts
 from reports.significance import METHOD_TEXT as TEST_TEXT
 from reports.stats import Estimate, mean_ci, unit_ci
@@ -63,6 +64,8 @@ ONE_SEED = "†"
 UNSEEN = "‡"
 TRANSFER = "!"
 PARTIAL = "~"
+#: a reading taken across a wide bracket (reports.matched.wide_gap) or off a non-monotone curve on some pair
+ROUGH = "≈"
 
 Pair = tuple[int, int]  # (teacher seed, student seed)
 
@@ -242,6 +245,10 @@ def replicated_drops(grp: pd.DataFrame) -> tuple[pd.DataFrame, dict[Pair, float]
     out["student_drop_ref_only_db"] = out["student_drop_db"]
     out["student_drop_db"] = [b - v for b, v in zip(base, out["student_psnr"])]
     out["student_ssim_drop_pct"] = [100.0 * (b - v) / max(b, 1e-12) for b, v in zip(base_ssim, out["student_ssim"])]
+    # at a defense's identity strength its student is the reference: its drop from this baseline is not 0
+    out["identity_drop_db"] = [b - r for b, r in zip(base, out["student_ref_psnr"])]
+    out["identity_ssim_drop_pct"] = [100.0 * (b - r) / max(b, 1e-12)
+                                     for b, r in zip(base_ssim, out["student_ref_ssim"])]
     return out, {p: (r + f_psnr[p]) / 2 for p, r in ref.items()}, True
 
 
@@ -392,16 +399,22 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
     label = f"{base} ({f['strength_param'].iloc[0]} {format_value(strengths[0])}–{format_value(strengths[-1])})"
     values: dict[str, dict[Pair, float]] = {"student": {}, "ssim": {}, "worst": {}}
     short, nonmonotone, pairs = [], 0, []  # short: the highest test cost of each pair that does not reach it
+    rough = 0  # pairs whose reading crossed a wide bracket or a non-monotone curve
     for (t, s), c in f.groupby(["teacher_seed", "seed"], sort=True, dropna=False):
         pair = _pair(t, s)
         pairs.append(pair)
-        anchor = None if identity is None else (identity, 0.0, 0.0)
+        at_identity = {"student": float(c["identity_drop_db"].iloc[0]) if "identity_drop_db" in c else 0.0,
+                       "ssim": float(c["identity_ssim_drop_pct"].iloc[0]) if "identity_ssim_drop_pct" in c else 0.0,
+                       "worst": 0.0}
         for what, column in (("student", "student_drop_db"), ("ssim", "student_ssim_drop_pct"),
                              ("worst", "worst_teacher_drop_db")):
+            anchor = None if identity is None else (identity, 0.0, at_identity[what])
             points = list(zip(c["strength"], c["teacher_drop_db"], c[column]))
-            m = at_cost(points, cost, anchor=anchor)
+            m = at_cost(points, cost, anchor=anchor, smooth=True)
             if m.value is not None:
                 values[what][pair] = m.value
+                if what == "student" and (not m.monotone or (m.span or 0.0) > wide_gap(cost)):
+                    rough += 1
             elif what == "student":
                 short.append((min(c["teacher_drop_db"]), max(c["teacher_drop_db"])))
             if what == "student" and not m.monotone:
@@ -418,6 +431,12 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
         where = f"on {reached} of {len(pairs)} seed pairs" if reached else "on none of its seed pairs"
         notes.append(f"{PARTIAL} {label} reaches {format_value(cost)} dB of test cost {where} ({why}); "
                      + ("its row is over the pairs that reach it." if reached else "it is not ranked there."))
+    if rough:
+        row.flags += ROUGH
+        notes.append(f"{ROUGH} {label} at {format_value(cost)} dB: on {rough} of {reached} seed pairs the reading "
+                     f"crosses a bracket wider than {format_value(wide_gap(cost))} dB of teacher cost, or a curve "
+                     "whose cost is not monotone in strength; bench sweep GRID --refine adds the strengths that split "
+                     "them.")
     if nonmonotone and cost == MATCHED_COSTS[0]:
         notes.append(f"{label}: teacher cost on test is not monotone in strength on {nonmonotone} of {len(pairs)} "
                      "seed pairs; the first crossing of each cost is used.")
@@ -508,7 +527,8 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
                      "be told from the chaos of training; ranks still come from paired tests between rows.")
     if any(r.matched_cost is not None for r in table.rows):
         notes.append("Matched test cost: each defense's trade-off curve (teacher drop on test against student drop, "
-                     "one per seed pair, through its strengths) read at that teacher cost by linear interpolation, "
+                     "one per seed pair, through its strengths) read at that teacher cost by interpolation (monotone "
+                     "cubic, PCHIP, where the pair's curve is monotone, else linear on the first crossing segment), "
                      "never extrapolated. Worst image: the largest per-image teacher drop on test. Fidelity: PSNR "
                      "of the served answers against the undefended teacher's.")
     if any(TRANSFER in r.flags for r in table.rows):

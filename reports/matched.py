@@ -20,6 +20,14 @@ Rules, in order:
    (``c_i == c_j == cost``) gives its first point's drop, the same rule.
 5. On a non-monotone curve (cost going down somewhere as strength grows) the first crossing is
    still the one used; ``monotone`` reports the shape so a report can flag it.
+6. ``smooth=True`` (what the leaderboard uses): where the whole curve's cost rises strictly with strength and
+   it has three or more points, the drop is read off a monotone piecewise-cubic (PCHIP, Fritsch-Carlson)
+   interpolant of drop against cost through every point instead of the chord of one segment, so a curve
+   bent between two far-apart strengths is not read off a straight line. PCHIP never overshoots the data
+   between two points, so it stays between the bracketing drops where they are monotone. Elsewhere: rule 4.
+7. ``span`` is the bracketing segment's cost width: a reading across a segment wider than
+   :func:`wide_gap` (or on a non-monotone curve) is marked by the report, and :func:`refinement` proposes
+   the strength that splits it (``bench sweep --refine``).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class Matched:
     monotone: bool
     #: the two strengths whose segment held the crossing
     bracket: tuple[float, float] | None
+    #: the teacher-cost width of that segment (dB); None where there is no crossing
+    span: float | None = None
 
 
 def _finite(point: Sequence[float]) -> bool:
@@ -50,8 +60,9 @@ def at_cost(
     cost: float,
     *,
     anchor: tuple[float, float, float] | None = None,
+    smooth: bool = False,
 ) -> Matched:
-    """The student drop at teacher cost ``cost`` by linear interpolation along the curve (see module doc)."""
+    """The student drop at teacher cost ``cost`` by interpolation along the curve (see module doc)."""
     if cost is None or not math.isfinite(float(cost)):
         raise ValueError(f"cost must be finite, got {cost!r}")
     cost = float(cost)
@@ -75,9 +86,31 @@ def at_cost(
                 value = d1
             else:
                 value = d0 + (cost - c0) / (c1 - c0) * (d1 - d0)
-            return Matched(value, None, monotone, (s0, s1))
+            if smooth and len(curve) >= 3 and all(a < b for a, b in zip(costs, costs[1:])) and c0 != c1:
+                from scipy.interpolate import PchipInterpolator
+
+                value = float(PchipInterpolator(costs, [p[2] for p in curve])(cost))
+            return Matched(value, None, monotone, (s0, s1), abs(c1 - c0))
 
     # No segment brackets the cost, so (the curve being a connected path) every cost is on one side.
     if max(costs) < cost:
         return Matched(None, f"reaches only {max(costs):.2f} dB", monotone, None)
     return Matched(None, f"starts at {min(costs):.2f} dB", monotone, None)
+
+
+def wide_gap(cost: float) -> float:
+    """The widest bracket (dB of teacher cost) a reading at ``cost`` may be taken across unmarked: 0.1 dB, or
+    half the cost where that is more (0.1 dB at 0.1, 0.25 at 0.5, 0.5 at 1 dB)."""
+    return max(0.1, 0.5 * float(cost))
+
+
+def refinement(points: Sequence[tuple[float, float, float]], cost: float, *,
+               anchor: tuple[float, float, float] | None = None) -> float | None:
+    """The strength to add to one pair's curve so that its reading at ``cost`` is not taken across a wide
+    bracket (:func:`wide_gap`): the midpoint of the bracketing strengths (geometric where both are positive),
+    else None (no crossing, or a narrow one)."""
+    m = at_cost(points, cost, anchor=anchor)
+    if m.bracket is None or m.span is None or m.span <= wide_gap(cost):
+        return None
+    lo, hi = m.bracket
+    return math.sqrt(lo * hi) if lo > 0 and hi > 0 else (lo + hi) / 2

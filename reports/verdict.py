@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import BenchError
-from reports.leaderboard import MATCHED_COSTS, WORST, Row, Table, build_tables
+from reports.leaderboard import MATCHED_COSTS, ROUGH, WORST, Row, Table, build_tables
 from reports.significance import ALPHA, FAMILY_TEXT, METHOD_TEXT
 from reports.stats import Estimate, mean_ci
 
@@ -126,7 +126,8 @@ def judge_task(task: str, tables: list[Table], cells: pd.DataFrame) -> dict[str,
             continue
         reached_4 |= row.student.mean >= CLAIMED_DROP_DB
         partial = f" on the {row.student.n} pairs that reach it" if "~" in row.flags else ""
-        parts.append(f"{cost:g} dB: {_est(row.student)}{partial}")
+        rough = " ≈" if ROUGH in row.flags else ""
+        parts.append(f"{cost:g} dB: {_est(row.student)}{rough}{partial}")
     asvp_cells = _replicated(done)
     asvp_cells = asvp_cells[asvp_cells["defense"] == ASVP]
     top = asvp_cells.loc[asvp_cells["student_drop_db"].idxmax()] if len(asvp_cells) else None
@@ -207,7 +208,8 @@ def verdict_markdown(cells: pd.DataFrame, *, source: str) -> str:
         f"{METHOD_TEXT} {FAMILY_TEXT} MDE: the smallest effect the table could have seen "
         "(80 % power, alpha 0.05 before correction). A claim is reproduced where: a mean student drop reaches "
         "4 dB at a matched cost up to 1 dB; a mean SSIM drop reaches 60 %; at 0.1 dB of teacher cost the drop is "
-        "above the floor and at least 1 dB; ASVP is above every prior at a cost.",
+        "above the floor and at least 1 dB; ASVP is above every prior at a cost. ≈: on some pair the reading "
+        "crosses a bracket wider than max(0.1 dB, half the cost) or a curve not monotone in strength.",
         "",
         "| claim | " + " | ".join(tasks) + " |",
         "|---|" + "---|" * len(tasks),

@@ -319,3 +319,50 @@ def test_verdicts_give_every_pairwise_adjusted_p():
     v = verdicts([group], floor="none")
     assert set(v[(0, "strong")].p_vs) == {"b", "c"}
     assert v[(0, "strong")].p_vs["b"] == v[(0, "b")].p_vs["strong"] == v[(0, "b")].p_top
+
+
+# -- curves fine enough to read (issue 29 item 5) -----------------------------------------------------------
+def test_a_wide_bracket_gets_its_midpoint_strength_and_a_narrow_one_none():
+    from reports.matched import refinement, wide_gap
+
+    wide = [(1.05, 0.02, 0.1), (2.0, 1.2, 1.5)]
+    assert wide_gap(0.1) == 0.1 and wide_gap(1.0) == 0.5
+    assert refinement(wide, 0.1, anchor=(1.0, 0.0, 0.0)) == pytest.approx(math.sqrt(1.05 * 2.0))
+    narrow = [(1.05, 0.06, 0.1), (1.1, 0.14, 0.3), (2.0, 1.2, 1.5)]
+    assert refinement(narrow, 0.1) is None  # the crossing segment spans 0.08 dB
+    assert refinement(narrow, 3.0) is None  # never reached: nothing to split
+
+
+def test_a_monotone_curve_is_read_smoothly_and_within_its_bracket():
+    curve = [(1.0, 0.0, 0.0), (1.2, 0.05, 0.6), (2.0, 1.0, 1.0), (3.0, 2.0, 1.2)]
+    linear = at_cost(curve, 0.5)
+    smooth = at_cost(curve, 0.5, smooth=True)
+    assert linear.value == pytest.approx(0.6 + 0.45 / 0.95 * 0.4)
+    assert smooth.value != pytest.approx(linear.value) and 0.6 <= smooth.value <= 1.0
+    assert smooth.span == pytest.approx(0.95)
+    bent = [(1.0, 0.0, 0.0), (1.5, 0.3, 0.5), (2.0, 0.2, 0.8)]  # not monotone: linear, first crossing
+    assert at_cost(bent, 0.25, smooth=True).value == at_cost(bent, 0.25).value
+
+
+def test_refinement_proposes_the_midpoint_for_every_seed_pair_of_the_family():
+    from bench.pipeline import CellSpec
+    from bench.refine import proposals
+    from bench.scheduler import SweepResult
+
+    specs, rows = {}, []
+    for seed in (0, 1):
+        for h, cost, drop in ((1.05, 0.02, 0.1), (2.0, 1.2, 1.5)):
+            key = f"{seed}-{h}"
+            specs[key] = CellSpec(task="derain", defense="asvp", seed=seed, profile="smoke", defense_params={"h": h})
+            rows.append({"key": key, "status": "done", "metrics": {"teacher_drop_db": cost, "student_drop_db": drop}})
+    result = SweepResult(rows=rows, ran=4, cached=0, failures={}, wall_s=0.0, labels={}, specs=specs)
+    added = proposals(result)
+    assert sorted((s.seed, s.defense_params["h"]) for s in added) == [(0, 1.449), (1, 1.449)]
+    # a round that has run the midpoint (narrow brackets now near 0.1 dB) proposes what is still wide, not it again
+    for seed in (0, 1):
+        specs[f"{seed}-m"] = CellSpec(task="derain", defense="asvp", seed=seed, profile="smoke",
+                                      defense_params={"h": 1.449})
+        rows.append({"key": f"{seed}-m", "status": "done",
+                     "metrics": {"teacher_drop_db": 0.15, "student_drop_db": 0.5}})
+    again = {s.defense_params["h"] for s in proposals(result)}
+    assert 1.449 not in again and again  # 1.05-1.449 spans 0.13 dB around 0.1; 1.449-2.0 spans 1.05 around 0.5, 1
