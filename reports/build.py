@@ -81,15 +81,19 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
 
         msgs.append(SMOKE_WHY + ".")
     tables = [t for t in tables if not t.derived]
-    for profile in sorted({t.profile for t in tables}):  # a partial sweep: configurations some tables lack
-        mine = [t for t in tables if t.profile == profile]
+    # a partial sweep: configurations some tables lack, among the tables of one profile and one task (by
+    # name: its numerics, data or model versions and its attacks are compared; another task's grid is its own)
+    task_names = dict(zip(done["task_id"], done["task"])) if "task_id" in done else {}
+    family = {id(t): (t.profile, str(task_names.get(t.ids[1], t.task))) for t in tables}
+    for key in sorted(set(family.values())):
+        mine = [t for t in tables if family[id(t)] == key]
         labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows
                   if r.matched_cost is None}
         for t in mine:
             absent = sorted(labels[c] for c in set(labels) - {r.config_id for r in t.rows})
             if absent:
-                msgs.append(f"{t.task} · {t.attack} · profile {profile}: no finished cells for " + "; ".join(absent)
-                            + " (other tasks or attacks have them).")
+                msgs.append(f"{t.task} · {t.attack} · profile {t.profile}: no finished cells for " + "; ".join(absent)
+                            + f" (other {key[1]} tables, of other attacks or versions, have them).")
     listed = [(t, r) for t in tables for r in t.rows if r.matched_cost is None and not r.floor]
     one_seed = [f"{t.task} · {r.defense} ({r.budget_text}) · {t.attack} · profile {t.profile}"
                 for t, r in listed if len(r.pairs) == 1]
@@ -159,11 +163,14 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
             vectors = plots.tradeoff(g, title)
             caption = (f"{task}, profile {profile}: teacher PSNR drop against student PSNR drop, one curve per "
                        "defense over its strengths (points at calibrated budgets sit at their test cost), per "
-                       "attack; the title says what the error bars are (none with one seed pair).")
+                       "attack, the noise floor as a grey band over its interval (an inset enlarges points "
+                       "crowded near the origin); the title says what the error bars are (none with one seed "
+                       "pair).")
         elif kind == "bars":
             vectors = plots.bars(g, title)
-            caption = (f"{task}, profile {profile}: student PSNR drop per defense and attack; the title says what "
-                       "the error bars are (none with one seed pair).")
+            caption = (f"{task}, profile {profile}: student PSNR drop per defense and attack, best defense on "
+                       "top, each labelled with its teacher cost on test; the title says what the error bars are "
+                       "(none with one seed pair).")
         else:
             chosen = grid_mod.chosen_cells(table, g)
             notes += grid_mod.missing_images(home, chosen, title)
@@ -173,13 +180,14 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
                        "served teacher and the students stolen from each"
                        + (" (the input shown bicubic-upsampled to the output size)" if upscaled else "")
                        + "; under each tile its PSNR against the ground truth on this image, and under each row "
-                       "the most detailed window of the image (outlined on the ground truth) enlarged 4x, with "
-                       "its own PSNR.")
+                       "the window where the input is most degraded (outlined on the ground truth) enlarged 4x, "
+                       "with its own PSNR.")
         if vectors:
             image = vectors.pop("png")
         jpeg = kind == "grid"
         out.append(Figure(profile=profile, task=task, kind=kind, caption=caption, image=image,
-                          filename=f"{name}.jpg" if jpeg else f"{name}.png", dpi=grid_mod.GRID_DPI if jpeg else 200,
+                          filename=f"{name}.jpg" if jpeg else f"{name}.png",
+                          dpi=grid_mod.GRID_DPI if jpeg else plots.BAR_DPI if kind == "bars" else 200,
                           vectors=vectors))
     return out, notes
 

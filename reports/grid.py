@@ -8,13 +8,18 @@ student is the same network on every row; a missing image is drawn as a labelled
 
 Each tile is captioned with its PSNR against the ground truth on this image (8-bit PNGs, the task's
 convention), and under each row a zoom row shows the same window of every column enlarged with
-nearest-neighbour: the most detailed window of the ground truth, a quarter of its sides
-(:func:`detail_window`, outlined on the ground-truth tile), captioned with its own PSNR, so that
-differences of half a dB, invisible at full view, can be seen.
+nearest-neighbour: the window, a quarter of the image's sides, where the input differs most from the
+ground truth (:func:`degradation_window`: where the rain, noise or blur is; the most detailed window,
+:func:`detail_window`, where the input cannot be compared), outlined on the ground-truth tile and
+captioned with its own PSNR, so that differences of half a dB, invisible at full view, can be seen.
+
+The JPEG is at most ``GRID_MAX_HEIGHT_PX`` tall: tiles shrink, then rows are left out
+(:func:`grid_layout`).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +87,12 @@ def missing_images(home: Path, chosen: list[tuple[str, pd.Series]], title: str) 
 ZOOM_FRACTION = 4
 
 
-def detail_window(image: np.ndarray, fraction: int = ZOOM_FRACTION) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the window, ``1/fraction`` of the image's sides, with the most detail
-    in ``image`` (H, W[, C]): the largest sum of squared luminance differences between neighbouring pixels.
-    Windows are tried on a grid of a quarter of their size; ties go to the first (top, then left), so the
-    choice is deterministic."""
-    img = np.asarray(image, dtype=np.float64)
-    grey = img[..., :3].mean(axis=-1) if img.ndim == 3 else img
-    rows, cols = grey.shape
+def _best_window(energy: np.ndarray, fraction: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the window, ``1/fraction`` of the sides of ``energy`` (H, W), with the
+    largest sum of ``energy``. Windows are tried on a grid of a quarter of their size; ties go to the first
+    (top, then left), so the choice is deterministic."""
+    rows, cols = energy.shape
     h, w = max(1, rows // fraction), max(1, cols // fraction)
-    energy = np.zeros_like(grey)
-    energy[:, 1:] += np.diff(grey, axis=1) ** 2
-    energy[1:, :] += np.diff(grey, axis=0) ** 2
     integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     best, where = -1.0, (0, 0)
     for top in range(0, rows - h + 1, max(1, h // 4)):
@@ -103,6 +102,39 @@ def detail_window(image: np.ndarray, fraction: int = ZOOM_FRACTION) -> tuple[int
             if total > best:
                 best, where = total, (top, left)
     return where[0], where[1], h, w
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image, dtype=np.float64)
+    return img[..., :3].mean(axis=-1) if img.ndim == 3 else img
+
+
+def detail_window(image: np.ndarray, fraction: int = ZOOM_FRACTION) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the window, ``1/fraction`` of the image's sides, with the most detail
+    in ``image`` (H, W[, C]): the largest sum of squared luminance differences between neighbouring pixels
+    (:func:`_best_window`'s search)."""
+    grey = _grey(image)
+    energy = np.zeros_like(grey)
+    energy[:, 1:] += np.diff(grey, axis=1) ** 2
+    energy[1:, :] += np.diff(grey, axis=0) ** 2
+    return _best_window(energy, fraction)
+
+
+def degradation_window(degraded: np.ndarray | None, target: np.ndarray,
+                       fraction: int = ZOOM_FRACTION) -> tuple[int, int, int, int]:
+    """The zoom row's window: where the degradation is, the window (``1/fraction`` of the sides) with the
+    largest squared error of ``degraded`` (the input, at output size) against ``target``, summed over its
+    pixels and channels (:func:`_best_window`'s search). A window chosen for detail alone showed the input
+    identical to the ground truth ("crop 100.00 dB") where the rain fell elsewhere. Where there is no
+    input of the target's size, or it equals the target, the most detailed window (:func:`detail_window`)."""
+    target = np.asarray(target)
+    if degraded is None or np.asarray(degraded).shape != target.shape:
+        return detail_window(target, fraction)
+    diff = np.asarray(degraded, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    error = (diff ** 2).sum(axis=-1) if diff.ndim == 3 else diff ** 2
+    if not error.any():
+        return detail_window(target, fraction)
+    return _best_window(error, fraction)
 
 
 def metric_settings(cell: pd.Series) -> tuple[bool, int]:
@@ -171,18 +203,51 @@ def _caption(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} dB"
 
 
+#: the grid's JPEG is at most this many pixels tall at ``GRID_DPI`` (a 14-configuration smoke grid was
+#: 6384): :func:`grid_layout`'s rule shrinks the tiles to fit, down to ``MIN_TILE_IN``, then shows fewer rows
+GRID_MAX_HEIGHT_PX = 3000
+#: a tile's side (inches) at most and at least, the caption under each image row, the title above the
+#: grid, the row labels' column, and the narrowest a column gets (its heading and captions fit)
+TILE_IN = 1.4
+MIN_TILE_IN = 0.5
+CAPTION_IN = 0.2
+HEADER_IN = 0.8
+LABEL_IN = 2.2
+COLUMN_MIN_IN = 0.95
+
+
+def grid_layout(configs: int) -> tuple[int, float]:
+    """(configurations shown, tile side in inches) of a grid of ``configs`` rows: two image rows each (the
+    image and its zoom), a tile and its caption high, under a title.
+
+    The rule: tiles of ``TILE_IN`` while the grid fits ``GRID_MAX_HEIGHT_PX`` at ``GRID_DPI``; else the
+    tile side that makes it fit (rounded down to 0.01 in), down to ``MIN_TILE_IN``; below that, tiles of
+    ``MIN_TILE_IN`` and only the first configurations that fit (the leaderboard's order: floor and best
+    defenses first), which the title says."""
+    cap = GRID_MAX_HEIGHT_PX / GRID_DPI
+    n = max(1, configs)
+    tile = min(TILE_IN, math.floor(((cap - HEADER_IN) / (2 * n) - CAPTION_IN) * 100) / 100)
+    if tile >= MIN_TILE_IN:
+        return configs, tile
+    return max(1, int((cap - HEADER_IN) // (2 * (MIN_TILE_IN + CAPTION_IN)))), MIN_TILE_IN
+
+
 def grid_figure(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> Any:
     """The grid figure (rows: ``chosen``), drawn inside :func:`reports.plots.style`.
 
     Per configuration two rows: the whole test image through every model, each tile captioned with its
     PSNR against the ground truth on this image (the task's convention: SR on Y with the border shaved),
-    and under it the most detailed window of the ground truth (:func:`detail_window`, a quarter of its
-    sides, outlined on the ground-truth tile) enlarged with nearest-neighbour in every column, captioned
-    with the PSNR of that window (RGB or Y, no shave), where half-dB differences can be seen."""
+    and under it the window where the input is most degraded (:func:`degradation_window`, a quarter of
+    the sides, outlined on the ground-truth tile) enlarged with nearest-neighbour in every column,
+    captioned with the PSNR of that window (RGB or Y, no shave), where half-dB differences can be seen.
+    Sized by :func:`grid_layout` (at most ``GRID_MAX_HEIGHT_PX`` tall)."""
     from matplotlib.patches import Rectangle
 
+    total = len(chosen)
+    shown, tile = grid_layout(total)
+    chosen = chosen[:shown]
     configs = max(1, len(chosen))
-    fig = new_figure(1.4 * len(COLUMNS) + 2.2, 2 * 1.6 * configs + 0.8)
+    fig = new_figure(max(tile, COLUMN_MIN_IN) * len(COLUMNS) + LABEL_IN, 2 * (tile + CAPTION_IN) * configs + HEADER_IN)
     axes = fig.subplots(2 * configs, len(COLUMNS), squeeze=False)
     seeds = sorted({int(c["seed"]) for _, c in chosen})
     for i, (label, cell) in enumerate(chosen):
@@ -190,7 +255,7 @@ def grid_figure(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> 
         images = {name: _read(folder / f"{name}.png") for name, _ in COLUMNS}
         target = images["target"]
         y_channel, shave = metric_settings(cell)
-        window = detail_window(target) if target is not None else None
+        window = degradation_window(images["input"], target) if target is not None else None
         for j, (name, heading) in enumerate(COLUMNS):
             img, ax, zoom = images[name], axes[2 * i, j], axes[2 * i + 1, j]
             crop = _cut(img, window, target)
@@ -216,8 +281,10 @@ def grid_figure(home: Path, chosen: list[tuple[str, pd.Series]], title: str) -> 
                 zoom.set_ylabel(f"zoom ×{ZOOM_FRACTION}", fontsize=8, rotation=0, ha="right", va="center",
                                 labelpad=6)
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    cut = (f"; the first {shown} of {total} configurations in the leaderboard's order (the grid is capped at "
+           f"{GRID_MAX_HEIGHT_PX} px)") if shown < total else ""
     fig.suptitle(fit_lines(f"{title}: one test image ({seed_text}); under each tile its PSNR against the ground "
-                           "truth", fig.get_figwidth(), 11))
+                           f"truth{cut}", fig.get_figwidth(), 11))
     return fig
 
 

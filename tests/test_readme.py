@@ -296,3 +296,37 @@ def test_the_readme_layouts_table_names_every_layout_for_its_tasks():
         assert argv[:2] == ["bench", "run"], command
         assert not tasks or argv[argv.index("--task") + 1] in tasks, f"{name}: {command} runs another task"
         _parse(argv[1:])  # its flags exist
+
+
+EXAMPLE = ROOT / "examples" / "bench-blur-defense"
+
+
+def _fenced(text: str, language: str, first_line: str) -> list[str]:
+    """The lines of the README's ``language`` block whose first line starts with ``first_line``, that line
+    left out."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line == f"```{language}" and lines[i + 1].startswith(first_line):
+            end = lines.index("```", i + 1)
+            return lines[i + 2:end]
+    raise AssertionError(f"README.md has no ```{language} block starting with {first_line!r}")
+
+
+def test_the_add_a_defense_snippet_is_the_shipped_example():
+    """Issue 33, item 8: the README showed ``strength_range = (0.0, 0.8)``, which the example does not set. Its
+    snippet is the example's module as shipped (its docstring left out), and its TOML the example's entry
+    point, line for line."""
+    text = README.read_text()
+    source = (EXAMPLE / "bench_blur_defense" / "__init__.py").read_text()
+    docstring = ast.parse(source).body[0]
+    assert isinstance(docstring, ast.Expr) and isinstance(docstring.value, ast.Constant)
+    code = source.splitlines()[docstring.end_lineno:]
+    while code and not code[0].strip():
+        code = code[1:]
+    snippet = _fenced(text, "python", "# bench_blur_defense/__init__.py")
+    assert snippet == code, ("README.md's add-a-defense snippet differs from "
+                             "examples/bench-blur-defense/bench_blur_defense/__init__.py: make them equal")
+    toml = _fenced(text, "toml", "# pyproject.toml of your package")
+    pyproject = (EXAMPLE / "pyproject.toml").read_text().splitlines()
+    start = pyproject.index(toml[0])
+    assert pyproject[start:start + len(toml)] == toml, "README.md's entry point differs from the example's pyproject"

@@ -127,8 +127,8 @@ def test_feature_only_defense_is_listed_unranked_with_one_seed_and_no_ci(report)
     assert "± " not in cells[6]  # no interval printed for one seed
     assert "one seed pair: no confidence interval" in md
     assert any("one seed only" in m and "mode=exposed" in m for m in report.messages)
-    assert ("sr · vanilla_kd · profile smoke: no finished cells for asvp (mode=exposed, h=1.5) (uncalibrated) "
-            "(other tasks or attacks have them).") in report.messages
+    # a task is compared with its own tables only (issue 33): sr never ran derain's configurations
+    assert not any(m.startswith("sr · ") and "no finished cells" in m for m in report.messages)
 
 
 def test_markdown_table_rows_match_the_numbers(report):
