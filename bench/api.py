@@ -6,6 +6,7 @@ and is found through the registries. A plugin imports only ``bench`` (and torch/
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ class Plugin:
 
 
 # --------------------------------------------------------------------------------------------- tasks
-class Task(Plugin):
-    """A restoration task: its data (four disjoint pools), models and metric convention."""
+class Task(Plugin, ABC):
+    """A restoration task: its data (four disjoint pools), models and metric convention. A subclass must
+    define :meth:`degrade` (a task that reads pairs only defines one that refuses, as the folder task does)."""
 
     #: output size / input size (super-resolution scale)
     scale: int = 1
@@ -81,9 +83,9 @@ class Task(Plugin):
         """Border pixels left out of the metrics (SR convention: ``scale``)."""
         return self.scale if self.scale > 1 else 0
 
+    @abstractmethod
     def degrade(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Clean (H, W, 3) float in [0, 1] -> degraded image. Built-in tasks implement this."""
-        raise NotImplementedError
+        """Clean (H, W, 3) float in [0, 1] -> degraded image (the bundled photographs' degradation)."""
 
     def splits(self) -> Splits:
         """The owner / attacker / calib / test pools (built once per task instance)."""
@@ -230,7 +232,7 @@ class AttackContext:
     role: str = ""
 
 
-class Attack(Plugin):
+class Attack(Plugin, ABC):
     """Steals a student from the served model through a :class:`bench.query.QueryAPI`."""
 
     #: 'outputs' (answers only) or 'features' (answers plus exposed features)
@@ -248,5 +250,6 @@ class Attack(Plugin):
         """Queries this attack may make: its ``queries`` parameter, or the profile's budget."""
         return int(getattr(self.params, "queries", 0) or profile.query_budget)
 
+    @abstractmethod
     def steal(self, api: Any, pool: Any, student: nn.Module, ctx: AttackContext) -> nn.Module:
-        raise NotImplementedError
+        """Train ``student`` from what ``api`` answers on ``pool``'s images and return it."""

@@ -50,7 +50,6 @@ teacher cost is 0 at every strength).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import sys
 import time
@@ -58,17 +57,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from bench import BenchError
 from bench.api import Defense
 from bench.cache import Artifacts, config_key
-from bench.data import Pool
 from bench.progress import bar
+from bench.scoring import evaluate, pool_digest
+from bench.stages import fit_defense
 
 if TYPE_CHECKING:
-    from bench.pipeline import Cell
+    from bench.cell import Cell
     from bench.store import Store
 
 CALIBRATION_RECIPE = "2"  # bump when the search or the cost measurement changes
@@ -252,15 +251,6 @@ def find_strength(cost: Callable[[float], float], budget: float, lo: float, hi: 
 
 
 # ------------------------------------------------------------------------------------ measurement
-def pool_digest(pool: Pool) -> str:
-    """A digest of a pool's images (degraded and clean), so a calibration follows its data."""
-    h = hashlib.blake2b(digest_size=12)
-    for t in list(pool.degraded) + list(pool.clean):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def calibration_config(cell: Cell, teacher_key: str) -> dict[str, Any]:
     # precision is keyed with the numerics (through the teacher's key)
     profile = {k: v for k, v in dataclasses.asdict(cell.profile).items() if k not in ("name", "precision")}
@@ -276,8 +266,6 @@ def calibrate(cell: Cell, teacher: nn.Module, teacher_key: str, artifacts: Artif
               max_evals: int = DEFAULT_MAX_EVALS) -> Calibration:
     """The stored calibration of ``cell``'s defense at ``cell.spec.budget_db``, computed now if there is
     none (or ``force``)."""
-    from bench.pipeline import evaluate, fit_defense
-
     defense, task = cell.defense, cell.task
     budget = cell.spec.budget_db
     check_budget(defense, budget, {})

@@ -134,6 +134,22 @@ def _threads(args: argparse.Namespace) -> int:
     return n
 
 
+def _task_scale(row: dict[str, Any]) -> int:
+    """The super-resolution scale of a row's task (its input is shown upsampled, bicubic, when > 1): from the
+    task's identity in the row's config, else from the task as registered with its default parameters."""
+    params = (((row.get("config") or {}).get("task") or {}).get("params")) or {}
+    if "scale" in params:
+        return int(params["scale"])
+    try:
+        from bench.params import build
+        from bench.registry import TASKS
+
+        cls = TASKS.get(row["task"])
+        return int(cls(build(cls.Params, {}, owner=f"task '{row['task']}'"), profile=None).scale)
+    except Exception:  # noqa: BLE001 - a label only: a task that cannot be built shows its input as degraded
+        return 1
+
+
 def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
     """One cell's result as ``bench run`` prints it: scores, drops, notes, and a remark on any result that
     looks wrong and is not (:mod:`bench.remarks`); ``has_sets``: the run had --set flags (named in a hint)."""
@@ -144,7 +160,7 @@ def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
 
     m = row["metrics"]
     rows = [
-        ("input (degraded)" if row["task"] != "sr" else "input (bicubic)", m["input_psnr"], m["input_ssim"]),
+        ("input (bicubic)" if _task_scale(row) > 1 else "input (degraded)", m["input_psnr"], m["input_ssim"]),
         ("teacher", m["teacher_psnr"], m["teacher_ssim"]),
         ("served teacher", m["served_psnr"], m["served_ssim"]),
         ("student (undefended)", m["student_ref_psnr"], m["student_ref_ssim"]),

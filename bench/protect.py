@@ -73,6 +73,9 @@ class _OwnerData(Task):
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "params": {}}
 
+    def degrade(self, clean: Any, rng: Any) -> Any:
+        raise BenchError("the owner's data are fixed pairs; nothing is degraded.")
+
     def splits(self) -> Splits:
         empty = {n: Pool(n, [], [], [], self.scale) for n in ("attacker", "test")}
         calib = Pool("calib", self._pairs.degraded, self._pairs.clean, self._pairs.sources, self.scale)

@@ -3,7 +3,10 @@
 Built-in plugins are declared in this distribution's own entry-point groups (``bench.tasks``,
 ``bench.defenses``, ``bench.attacks``), exactly as a third-party package declares its own, so the core
 never imports a plugin module by name. ``@DEFENSES.register("name")`` registers a class directly (for
-plugins defined in a notebook or test) and names the class.
+plugins defined in a notebook or test) and names the class. Both paths check a plugin the same way when
+it arrives (:func:`_check_plugin`: parameters with defaults, every abstract method implemented), and
+``register`` refuses a name already taken, as an entry-point clash is refused (the same class registered
+again, e.g. on a module reload, is not a clash).
 """
 
 from __future__ import annotations
@@ -39,6 +42,26 @@ def _check_params(kind: str, name: str, dist: str, cls: type) -> None:
                              "Params field a default (bench.params.param(DEFAULT, 'doc')).")
 
 
+def _check_methods(kind: str, name: str, dist: str, cls: type) -> None:
+    """A plugin must implement every abstract method of its interface (``Attack.steal``, ``Task.degrade``):
+    refused when it loads, not after a teacher trained for it."""
+    missing = sorted(getattr(cls, "__abstractmethods__", ()) or ())
+    if missing:
+        what = ", ".join(missing)
+        raise BenchError(f"{kind} '{name}' from package {dist}: {cls.__qualname__} does not implement {what} "
+                         f"(abstract in bench.api); define {what} on the class.")
+
+
+def _check_plugin(kind: str, name: str, dist: str, cls: type) -> None:
+    _check_params(kind, name, dist, cls)
+    _check_methods(kind, name, dist, cls)
+
+
+def _same_class(a: type, b: type) -> bool:
+    """The same class, or the same class defined again (its module reloaded, a notebook cell re-run)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
 def _dist_name(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     return dist.metadata["Name"] if dist is not None else "unknown"
@@ -55,7 +78,19 @@ class Registry:
         self._clashes: dict[str, list[metadata.EntryPoint]] = {}
 
     def register(self, name: str, *, origin: str = "registered") -> Callable[[type], type]:
+        """A class decorator registering a plugin under ``name`` in this process. A name already taken (by
+        another registered class or an installed plugin) is refused; unregister it first to replace it."""
         def decorate(cls: type) -> type:
+            taken = self._plugins.get(name)
+            if taken is not None and not _same_class(taken.cls, cls):
+                raise BenchError(f"{self.kind} '{name}' is already registered ({taken.cls.__module__}."
+                                 f"{taken.cls.__qualname__}, from {taken.origin}); pick another name, or "
+                                 f"{self.kind.upper()}S.unregister('{name}') first.")
+            if taken is None and name in self._eps():
+                ep = self._eps()[name]
+                raise BenchError(f"{self.kind} '{name}' is already provided by package {_dist_name(ep)} "
+                                 f"({ep.value}); pick another name for {cls.__qualname__}.")
+            _check_plugin(self.kind, name, cls.__module__ if origin == "registered" else origin, cls)
             cls.name = name
             self._plugins[name] = PluginInfo(name, cls, origin)
             return cls
@@ -93,7 +128,7 @@ class Registry:
                 f"{self.kind} '{name}' from package {_dist_name(ep)} failed to import "
                 f"({type(exc).__name__}: {exc}); fix or uninstall that package."
             ) from exc
-        _check_params(self.kind, name, _dist_name(ep), cls)
+        _check_plugin(self.kind, name, _dist_name(ep), cls)
         cls.name = name
         info = PluginInfo(name, cls, _dist_name(ep))
         self._plugins[name] = info

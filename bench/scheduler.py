@@ -59,31 +59,26 @@ import torch
 
 from bench import BenchError
 from bench.allocator import keep_freed_memory, release_freed_memory
-from bench.api import Defense
-from bench.cache import Artifacts, config_key
+from bench.cache import Artifacts
 from bench.calibrate import calibrated_cell
+from bench.cell import Cell, CellSpec, resolve, share_teacher, sharing_note, stale_code, versions
 from bench.numerics import on_device, resolve_device
 from bench.params import label as plugin_label
-from bench.pipeline import (
-    Cell,
-    CellSpec,
-    answers_unchanged,
-    failure_reason,
-    fit_defense,
-    get_teacher,
-    gt_config,
-    gt_student,
-    reference_config,
-    reference_student,
-    resolve,
-    run_cell,
-    share_teacher,
-    sharing_note,
-    stale_code,
-    versions,
-)
+from bench.pipeline import answers_unchanged, failure_reason, run_cell
 from bench.progress import bar
 from bench.query import GroundTruthUnsupported
+from bench.stages import (
+    calibration_job_key,
+    defense_fits,
+    fit_defense,
+    fit_key,
+    get_teacher,
+    gt_key,
+    gt_student,
+    reference_key,
+    reference_student,
+    teacher_key,
+)
 from bench.store import Store
 
 STAGES = ("teachers", "defense fits", "reference students", "ground-truth students", "cells")
@@ -138,25 +133,6 @@ class SweepResult:
 
 
 # ------------------------------------------------------------------------------------------ planning
-def defense_fits(cell: Cell) -> bool:
-    """True when the cell's defense trains something before serving (training-time defenses)."""
-    return type(cell.defense).fit is not Defense.fit
-
-
-def fit_key(cell: Cell, teacher_key: str) -> str:
-    return config_key({"kind": "defense-fit", "teacher": teacher_key, "defense": cell.defense.identity(),
-                       "task": cell.task.identity(), "seed": cell.spec.seed, "profile": cell.config()["profile"],
-                       **cell.student_numerics()})
-
-
-def calibration_job_key(cell: Cell, teacher_key: str) -> str:
-    """One calibration job per (teacher, defense without its strength, budget, task, profile)."""
-    return config_key({"kind": "calibration-job", "teacher": teacher_key,
-                       "defense": cell.defense.calibration_identity(), "budget_db": cell.spec.budget_db,
-                       "task": cell.task.identity(), "profile": cell.config()["profile"],
-                       **cell.student_numerics()})
-
-
 def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Plan:
     """Resolve every cell (bad input fails here, before anything runs), look up finished rows and list
     the unique jobs of each stage."""
@@ -191,7 +167,8 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     for key, cell in cells.items():
         if key in cached:
             continue
-        t_key = config_key(cell.teacher_config())
+        # every key comes from bench.stages, the functions the runner keys its artifacts with
+        t_key = teacher_key(cell)
         needs: list[str] = []
         if not have(t_key):
             add("teachers", t_key, key)
@@ -204,11 +181,11 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
             f_key = fit_key(cell, t_key)
             add("defense fits", f_key, key, tuple(needs))
             needs.append(f_key)
-        r_key = config_key(reference_config(cell, t_key))
+        r_key = reference_key(cell, t_key)
         if not have(r_key):
             add("reference students", r_key, key, tuple(k for k in needs if k == t_key))
             needs.append(r_key)
-        g_key = config_key(gt_config(cell))
+        g_key = gt_key(cell)
         if not have(g_key):  # needs no teacher: shared by every defense of (task, attack, seed)
             add("ground-truth students", g_key, key)
             needs.append(g_key)
@@ -229,7 +206,7 @@ def _expected_cost(job: Job, cell: Cell) -> float:
         return 20.0
     if job.stage == "cells" and answers_unchanged(cell.defense, cell.attack):
         return 1.0
-    return 10.0 + (job.spec.attack != "vanilla_kd")  # feature-level attacks train regressors too
+    return 10.0 + (cell.attack.access == "features")  # feature-level attacks train regressors too
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -361,7 +338,7 @@ def work(stage: str, spec: CellSpec, home: str, force: bool, threads: int | None
             with time_limit(timeout_s):
                 return _work(stage, spec, home, force)
         except JobTimeout as exc:  # raised outside _work's own handler (while it was recording the failure)
-            return {"ok": False, "error": str(exc), "cached": False}
+            return {"ok": False, "error": failure_reason(exc), "cached": False}
         finally:
             release_freed_memory()  # a worker's memory between jobs stays what it holds, not its last peak
 
@@ -399,7 +376,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         return
 
     def expire(signum: int, frame: Any) -> None:
-        raise JobTimeout(f"JobTimeout: the job ran past its limit of {seconds:g} s (a plugin that hangs?); raise it "
+        raise JobTimeout(f"the job ran past its limit of {seconds:g} s (a plugin that hangs?); raise it "
                          "with --job-timeout SECONDS or job_timeout in the grid file (0: no limit)")
 
     previous = signal.signal(signal.SIGALRM, expire)

@@ -308,12 +308,13 @@ def test_a_defense_returning_a_bad_answer_is_named(answer, words):
 
 
 def test_a_changed_plugin_is_not_credited_with_old_results(tmp_path, monkeypatch, capsys):
+    import bench.cell
     import bench.pipeline as pipeline
 
     first = run_cell(_spec(), home=tmp_path, progress=False)
     assert first["versions"]["code"]["defense"] == pipeline.code_digest(type(resolve(_spec()).defense))
     assert run_cell(_spec(), home=tmp_path, progress=False)["cached"]
-    monkeypatch.setattr(pipeline, "plugin_code", lambda cell: {"task": "t", "defense": "edited", "attack": "a"})
+    monkeypatch.setattr(bench.cell, "plugin_code", lambda cell: {"task": "t", "defense": "edited", "attack": "a"})
     again = run_cell(_spec(), home=tmp_path, progress=False)
     assert not again["cached"] and "the code of task 'derain', defense 'asvp', attack 'vanilla_kd' changed" \
         in capsys.readouterr().err

@@ -328,7 +328,7 @@ def test_a_job_that_hangs_fails_its_cell_at_the_time_limit(tmp_path):
               "--set", "profile.student_steps=4"]
     plugins = os.pathsep.join([str(FAULT_PLUGINS), os.environ.get("PYTHONPATH", "")])
     started = time.monotonic()
-    proc = subprocess.run(bench_cmd(*common, "--defenses", "none,hang", "--n-jobs", "2", "--job-timeout", "20",
+    proc = subprocess.run(bench_cmd(*common, "--defenses", "none,hang", "--n-jobs", "2", "--job-timeout", "30",
                                     home=tmp_path), env=env(PYTHONPATH=plugins), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1, proc.stderr
@@ -336,7 +336,7 @@ def test_a_job_that_hangs_fails_its_cell_at_the_time_limit(tmp_path):
     rows = {r["defense"]: r for r in Store(tmp_path).cells()}
     assert rows["none"]["status"] == "done"
     assert rows["hang"]["status"] == "failed" and "JobTimeout" in rows["hang"]["error"]
-    assert "20 s" in rows["hang"]["error"] and "--job-timeout" in rows["hang"]["error"]
+    assert "30 s" in rows["hang"]["error"] and "--job-timeout" in rows["hang"]["error"]
 
 
 def test_job_timeout_is_validated(tmp_path):
