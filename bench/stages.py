@@ -91,6 +91,8 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
 
     def train_fn(model: nn.Module) -> dict[str, Any]:
         owner = task.splits().owner
+        with torch.no_grad():  # before hours of training: a model that answers a test image at the wrong size
+            check_answer(model(task.splits().test.degraded[0][None]), task, "teacher", user_model)
         t = time.perf_counter()
         losses = train(model, lambda g: owner.sample_crops(profile.batch, profile.crop, g),
                        steps=profile.teacher_steps, lr=profile.teacher_lr,
@@ -101,12 +103,30 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
     return artifacts.cached_model(config, build_fn, train_fn, force=force)
 
 
+def check_answer(answer: torch.Tensor, task: Task, role: str, user_model: UserModel | None) -> None:
+    """A one-line error naming the model for an answer to the first test image that is not the size of its
+    target (a model right at the probe sizes but not at a test image's: it failed after training, in the
+    metrics) or not finite."""
+    clean = task.splits().test.clean[0]
+    where = f" ({user_model.identity().get('factory')})" if user_model is not None else ""
+    if tuple(answer.shape[-2:]) != tuple(clean.shape[-2:]):
+        x = task.splits().test.degraded[0]
+        raise BenchError(f"the {task.name} {role}{where} answers the first test image ({x.shape[-1]}x{x.shape[-2]} px) "
+                         f"with {answer.shape[-1]}x{answer.shape[-2]} px, not its target's "
+                         f"{clean.shape[-1]}x{clean.shape[-2]}: a model must answer at the task's scale at every "
+                         "size (pad inside it, or declare size_multiple).")
+    if not bool(torch.isfinite(answer).all()):
+        raise BenchError(f"the {task.name} {role}{where} answers the first test image with NaN or inf values: the "
+                         "model is at fault, not a defense; check its forward (and its weights) at that size.")
+
+
 @torch.no_grad()
 def check_deterministic(teacher: nn.Module, probe: torch.Tensor, cell: Cell) -> None:
     """A one-line error for a teacher whose eval forward is not a function of its input (dropout or noise left
     on in eval mode): every drop the suite measures is a difference of two forwards, so such a teacher makes
     a defense that changes nothing look costly (measured: 0.106 and 0.044 dB from two runs of one key)."""
     first, second = teacher(probe), teacher(probe)
+    check_answer(first, cell.task, "teacher", cell.teacher_model)
     same = torch.equal(first, second) if probe.device.type == "cpu" else \
         torch.allclose(first, second, rtol=1e-5, atol=1e-6)  # GPU kernels: deterministic up to rounding
     if not same:

@@ -119,16 +119,47 @@ RANDOM_TEACHER = textwrap.dedent('''
 
     def make():
         return Leaky()
+
+
+    class CropBig(nn.Module):
+        """Right at small sizes (the probes), one pixel short on each side above 32 px (a test image)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            y = x + self.conv(x)
+            return y[..., :-1, :-1] if min(x.shape[-2:]) > 32 else y
+
+
+    class NanBig(CropBig):
+        def forward(self, x):
+            y = x + self.conv(x)
+            return y * float("nan") if min(x.shape[-2:]) > 32 else y
+
+
+    def crop_big():
+        return CropBig()
+
+
+    def nan_big():
+        return NanBig()
 ''')
 
 
-def test_nondeterministic_teacher_is_refused(home, tmp_path):
+@pytest.mark.parametrize(("factory", "words"), [
+    ("make", "not deterministic.*model.eval"),
+    ("crop_big", "answers the first test image .* not its target's"),  # failed after training, in the metrics
+    ("nan_big", "answers the first test image with NaN or inf"),  # was called "not deterministic ... nan"
+])
+def test_a_teacher_wrong_on_test_images_is_refused_naming_why(home, tmp_path, factory, words):
     name = f"leaky_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(RANDOM_TEACHER)
     sys.path.insert(0, str(tmp_path))
     try:
-        with pytest.raises(BenchError, match="not deterministic.*model.eval"):
-            run_cell(CellSpec(task="derain", defense="noise_floor", profile="smoke", teacher=f"{name}:make"),
+        with pytest.raises(BenchError, match=words):
+            run_cell(CellSpec(task="derain", defense="noise_floor", profile="smoke", teacher=f"{name}:{factory}"),
                      home=home, progress=False)
     finally:
         sys.path.remove(str(tmp_path))
