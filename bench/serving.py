@@ -80,7 +80,10 @@ def checked(out: object, like: torch.Tensor, defense: Defense, method: str) -> t
         raise BenchError(f"{who} returned a {out.dtype} tensor of shape {tuple(out.shape)} on {out.device} for a "
                          f"{like.dtype} one of shape {tuple(like.shape)} on {like.device}; return the same shape, "
                          "dtype and device.")
-    if not bool(torch.isfinite(out).all()):
+    # one reduction instead of an elementwise mask (the mask cost as much as ASVP's whole channel-layout
+    # perturbation, 5 ms per layer at 256x256 on 2 threads); a sum is finite when every value is, and a finite
+    # tensor whose sum overflows gets the exact check
+    if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
         if not bool(torch.isfinite(like).all()):  # the model's own output already was: not the defense's doing
             raise BenchError(f"the teacher's own output holds NaN or inf values (before {method}): the teacher is "
                              "at fault, not the defense; check its weights, or retrain it (--force).")

@@ -1,8 +1,11 @@
 """Key stability: the keys of a smoke grid's teachers, defense fits, calibrations, reference and
-ground-truth students and cells equal those committed in ``tests/fixtures/keys-smoke.json`` (computed from
-commit 4c736c5's code, and unchanged by the identity work after it). Every store and committed report is
-indexed by these keys: a refactor that moves key building must leave them byte-identical, and a change
-that means to re-key says so by regenerating the fixture (``python tests/test_keys.py > FILE``)."""
+ground-truth students and cells equal those committed in ``tests/fixtures/keys-smoke.json``. Every store and
+committed report is indexed by these keys: a refactor that moves key building must leave them byte-identical,
+and a change that means to re-key says so by regenerating the fixture (``python tests/test_keys.py > FILE``).
+History: computed from commit 4c736c5's code; unchanged by the identity work and the stage split (82755d8);
+regenerated when ASVP's spatial defaults changed (power_iters 6 -> 3, oversample 8 -> 16: its parameters are in
+its identity, so every asvp cell, both layouts, and the fits downstream of asvp cells were re-keyed; its code
+digest changed anyway, so those cells were recomputed in any store)."""
 
 from __future__ import annotations
 
