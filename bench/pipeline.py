@@ -44,6 +44,7 @@ from bench.cell import (
 )
 from bench.numerics import job_device, on_device
 from bench.query import GroundTruthUnsupported
+from bench.row import new_row
 from bench.scoring import SCORES_RECIPE, evaluate, save_samples, scored
 from bench.stages import (
     STUDENT_RECIPE,
@@ -119,11 +120,7 @@ def run_cell(spec: CellSpec | Cell, *, home: Path | str | None = None, force: bo
             print(f"warning: the code of {', '.join(changed)} changed since this cell's result; recomputing it",
                   file=sys.stderr)
     started = time.time()
-    row: dict[str, Any] = {
-        "key": key, "task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack,
-        "seed": cell.spec.seed, "profile": cell.profile.name, "config": cell.config(),
-        "versions": {**versions(), "code": plugin_code(cell)}, "started": started, "budget": cell.spec.budget_db,
-    }
+    row = new_row(cell, started=started)  # every field documented in bench/row.py
     try:
         with on_device(cell.spec.device, precision=cell.profile.precision):
             metrics = _run(cell, artifacts, store, progress=progress, force=force)

@@ -61,12 +61,13 @@ from bench import BenchError
 from bench.allocator import keep_freed_memory, release_freed_memory
 from bench.cache import Artifacts
 from bench.calibrate import calibrated_cell
-from bench.cell import Cell, CellSpec, resolve, share_teacher, sharing_note, stale_code, versions
+from bench.cell import Cell, CellSpec, resolve, share_teacher, sharing_note, stale_code
 from bench.numerics import on_device, resolve_device
 from bench.params import label as plugin_label
 from bench.pipeline import answers_unchanged, failure_reason, run_cell
 from bench.progress import bar
 from bench.query import GroundTruthUnsupported
+from bench.row import new_row
 from bench.stages import (
     calibration_job_key,
     defense_fits,
@@ -486,11 +487,9 @@ def label(cell: Cell) -> str:
 
 
 def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
-    now = time.time()
-    return {"key": cell.key, "task": cell.spec.task, "defense": cell.spec.defense, "attack": cell.spec.attack,
-            "seed": cell.spec.seed, "profile": cell.profile.name, "budget": cell.spec.budget_db,
-            "status": "failed", "error": error, "config": cell.config(), "metrics": None, "versions": versions(),
-            "started": now, "finished": now, "wall_s": 0.0}
+    """The row of a cell that failed before it ran (an upstream job failed, or its worker died)."""
+    row = new_row(cell)
+    return {**row, "status": "failed", "error": error, "metrics": None, "finished": row["started"], "wall_s": 0.0}
 
 
 def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jobs: int = 1,
