@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -124,3 +125,38 @@ def write_noisy_pairs(root, n: int = 5, size: tuple[int, int] = (40, 48)):
 @pytest.fixture
 def pairs_dir(tmp_path):
     return write_noisy_pairs(tmp_path / "data")
+
+
+def save_png(path, img):
+    """``img`` (uint8 H x W x 3) written to ``path`` as PNG, its folder made; returns the path."""
+    from skimage.io import imsave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(str(path), img, check_contrast=False)
+    return path
+
+
+def noisy(img, seed: int):
+    """``img`` plus uniform integer noise in [-25, 25), clipped: a degraded partner for a clean image."""
+    import numpy as np
+
+    noise = np.random.default_rng(seed).integers(-25, 25, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def user_module(root, prefix: str, source: str):
+    """A module of the user's written into ``root`` and put on sys.path (as PYTHONPATH would); yields its name and
+    the imported module, and takes both away after."""
+    import importlib
+    import sys
+    import uuid
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    (root / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(root))
+    try:
+        yield name, importlib.import_module(name)
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop(name, None)

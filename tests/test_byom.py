@@ -4,13 +4,11 @@ through the Python API and run through `bench run --teacher`, and every way of g
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
-import uuid
 
 import pytest
 import torch
-from conftest import write_noisy_pairs
+from conftest import user_module, write_noisy_pairs
 from torch import nn
 
 from bench import BenchError
@@ -90,20 +88,13 @@ MODEL_SOURCE = textwrap.dedent('''
 def ext(tmp_path_factory):
     """A module of the user's, on sys.path (as PYTHONPATH would put it), plus weights files for it."""
     root = tmp_path_factory.mktemp("user_code")
-    name = f"ext_models_{uuid.uuid4().hex[:8]}"
-    (root / f"{name}.py").write_text(MODEL_SOURCE)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    mod = importlib.import_module(name)
-    weights = {}
-    for key, factory in (("x1", lambda: mod.make()), ("x2", lambda: mod.make(2)), ("wide", mod.make_wide)):
-        torch.manual_seed(1)
-        weights[key] = root / f"{key}.pt"
-        torch.save(factory().state_dict(), weights[key])
-    yield name, mod, weights
-    sys.path.remove(str(root))
-    sys.modules.pop(name, None)
+    with user_module(root, "ext_models", MODEL_SOURCE) as (name, mod):
+        weights = {}
+        for key, factory in (("x1", lambda: mod.make()), ("x2", lambda: mod.make(2)), ("wide", mod.make_wide)):
+            torch.manual_seed(1)
+            weights[key] = root / f"{key}.pt"
+            torch.save(factory().state_dict(), weights[key])
+        yield name, mod, weights
 
 
 @pytest.fixture(scope="module")

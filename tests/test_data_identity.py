@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import noisy, save_png
 from PIL import Image
-from skimage.io import imsave
 
 from bench import BenchError
 from bench.cli import main
@@ -50,15 +50,6 @@ def _smooth(h: int = 48, w: int = 64) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _save(path: Path, img: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imsave(str(path), img, check_contrast=False)
-    return path
-
-
-def _noisy(img: np.ndarray, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).integers(-25, 25, img.shape)
-    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
 def paired(root: Path, parts: tuple[tuple[str, int], ...] = (("train", 4), ("test", 2)), *,
@@ -68,8 +59,8 @@ def paired(root: Path, parts: tuple[tuple[str, int], ...] = (("train", 4), ("tes
         for i in range(n):
             name = names[i] if names else f"{part}{i}"
             clean = _img(10 * len(part) + i + 1)
-            _save(root / part / "target" / f"{name}.png", clean)
-            _save(root / part / "input" / f"{name}.png", _noisy(clean, i + 1000))
+            save_png(root / part / "target" / f"{name}.png", clean)
+            save_png(root / part / "input" / f"{name}.png", noisy(clean, i + 1000))
     return root
 
 
@@ -120,7 +111,7 @@ def test_every_spelling_of_a_data_folder_is_one_identity(tmp_path, monkeypatch):
 def test_a_content_change_keeping_size_and_mtime_changes_the_fingerprint(tmp_path, monkeypatch):
     root = paired(tmp_path / "ds")
     target = root / "train" / "target" / "train1.bmp"  # BMP: the same size whatever the pixels
-    for side, pixels in (("target", _img(7)), ("input", _noisy(_img(7), 3))):
+    for side, pixels in (("target", _img(7)), ("input", noisy(_img(7), 3))):
         (root / "train" / side / "train1.png").unlink()
         Image.fromarray(pixels).save(root / "train" / side / "train1.bmp")
     before_ident, before = cell_key(str(root))
@@ -198,7 +189,7 @@ def test_an_exif_rotated_jpeg_decodes_upright_and_reports_its_upright_size(tmp_p
     Image.fromarray(np.ascontiguousarray(np.rot90(clean, 1))).save(cam, quality=95, exif=exif.tobytes())
     (root / "train" / "target" / "train2.png").unlink()
     (root / "train" / "input" / "train2.png").unlink()
-    _save(root / "train" / "input" / "train2.jpg", clean)
+    save_png(root / "train" / "input" / "train2.jpg", clean)
     task = make_task("folder", {"data": root})
     splits = task.splits()
     (k,) = [i for i, s in enumerate(splits.owner.sources + splits.attacker.sources + splits.calib.sources)
@@ -292,7 +283,7 @@ def test_a_link_or_a_near_copy_of_a_training_image_is_refused(tmp_path):
     near = np.clip(_img(10 * 3 + 2 + 1).astype(int) + 6, 0, 255).astype(np.uint8)  # all2's clean image
     (src / "input" / "all5.png").unlink()
     Image.fromarray(near).save(src / "target" / "all5.jpg", quality=90)
-    _save(src / "input" / "all5.jpg", _noisy(near, 5))
+    save_png(src / "input" / "all5.jpg", noisy(near, 5))
     with pytest.raises(BenchError, match=r"all5\.jpg is near-identical to (owner|attacker|calib) image .*all2\.png"):
         make_task("folder", args).splits()
     assert len(make_task("folder", {**args, "allow_leakage": "true"}).splits().test) == 1

@@ -5,14 +5,13 @@ in memory, and user models that answer NaN, have nothing to train or only work a
 from __future__ import annotations
 
 import sqlite3
-import sys
 import textwrap
 import time
-import uuid
 import zipfile
 
 import pytest
 import torch
+from conftest import user_module
 
 from bench import BenchError
 from bench.cli import main
@@ -76,15 +75,8 @@ MODELS = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A module of the user's on sys.path; returns its name and the module."""
-    root = tmp_path_factory.mktemp("guard_models")
-    name = f"guard_models_{uuid.uuid4().hex[:8]}"
-    (root / f"{name}.py").write_text(MODELS)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    yield name, importlib.import_module(name)
-    sys.path.remove(str(root))
-    sys.modules.pop(name, None)
+    with user_module(tmp_path_factory.mktemp("guard_models"), "guard_models", MODELS) as found:
+        yield found
 
 
 def _one_line_error(capsys, argv) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from skimage.io import imread, imsave
+from conftest import noisy, save_png
+from skimage.io import imread
 
 from bench import BenchError
 from bench.cli import main
@@ -33,23 +34,14 @@ def _img(seed: int, h: int = SIZE, w: int = SIZE) -> np.ndarray:
     return (up * 255).astype(np.uint8)
 
 
-def _save(path: Path, img: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imsave(str(path), img, check_contrast=False)
-    return path
-
-
-def _degraded(img: np.ndarray, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).integers(-25, 25, img.shape)
-    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
 def _pair(ddir: Path, dname: str, cdir: Path, cname: str, seed: int, *, ext: str = "png",
           clean: np.ndarray | None = None) -> None:
     clean = _img(seed) if clean is None else clean
     if not (cdir / f"{cname}.{ext}").exists():
-        _save(cdir / f"{cname}.{ext}", clean)
-    _save(ddir / f"{dname}.{ext}", _degraded(clean, seed + 1000))
+        save_png(cdir / f"{cname}.{ext}", clean)
+    save_png(ddir / f"{dname}.{ext}", noisy(clean, seed + 1000))
 
 
 # ---------------------------------------------------------------------------------------------- trees
@@ -60,7 +52,7 @@ def rain100(root: Path) -> Path:
         _pair(root / "train", f"rain-{i}", root / "train", f"norain-{i}", i)
     for i in range(1, 3):
         _pair(root / "test", f"rain-{i:03d}", root / "test", f"norain-{i:03d}", 100 + i)
-    _save(root / "train" / "rainregion-1.png", _img(99))  # RainTrainL's extra files are ignored
+    save_png(root / "train" / "rainregion-1.png", _img(99))  # RainTrainL's extra files are ignored
     return root
 
 
@@ -105,9 +97,9 @@ def reside(root: Path) -> Path:
     for sub, first in (("indoor", 1400), ("outdoor", 1)):
         for n in range(first, first + 2):
             big = _img(n + 7, SIZE + 20, SIZE + 20)
-            _save(root / "SOTS" / sub / "gt" / f"{n:04d}.png", big)
+            save_png(root / "SOTS" / sub / "gt" / f"{n:04d}.png", big)
             for k in range(1, 3):
-                _save(root / "SOTS" / sub / "hazy" / f"{n:04d}_{k}.png", _degraded(big[10:-10, 10:-10], n + k))
+                save_png(root / "SOTS" / sub / "hazy" / f"{n:04d}_{k}.png", noisy(big[10:-10, 10:-10], n + k))
     return root
 
 
@@ -116,19 +108,19 @@ def div2k(root: Path, scale: int = 2) -> Path:
     for part, ids in (("train", range(1, 5)), ("valid", range(801, 803))):
         for i in ids:
             hr = _img(i, 49, 49)
-            _save(root / f"DIV2K_{part}_HR" / f"{i:04d}.png", hr)
+            save_png(root / f"DIV2K_{part}_HR" / f"{i:04d}.png", hr)
             lr = hr[: 48: scale, : 48: scale]
-            _save(root / f"DIV2K_{part}_LR_bicubic" / f"X{scale}" / f"{i:04d}x{scale}.png", lr)
+            save_png(root / f"DIV2K_{part}_LR_bicubic" / f"X{scale}" / f"{i:04d}x{scale}.png", lr)
     return root
 
 
 def hr_only(root: Path, sets: tuple[str, ...] = ("Set5",)) -> Path:
     """A train/ folder of HR photographs beside Set5 (HR only: the LR is made by bicubic downscaling)."""
     for i in range(4):
-        _save(root / "train" / f"photo{i}.png", _img(i, 50, 49))
+        save_png(root / "train" / f"photo{i}.png", _img(i, 50, 49))
     for j, name in enumerate(sets):
         for i, stem in enumerate(("baby", "bird")):
-            _save(root / name / f"{stem}.png", _img(50 + 10 * j + i, 48, 48))
+            save_png(root / name / f"{stem}.png", _img(50 + 10 * j + i, 48, 48))
     return root
 
 
@@ -321,11 +313,11 @@ def _error(task_name: str, overrides: dict) -> str:
 
 def test_rainy_image_without_clean_partner(tmp_path):
     root = rain100(tmp_path / "r")
-    _save(root / "train" / "rain-7.png", _img(7))
+    save_png(root / "train" / "rain-7.png", _img(7))
     msg = _error("derain", {"data": root})
     assert "rain-7.png has no partner" in msg and "norain-7.png" in msg and "layout rain100" in msg
     (root / "train" / "rain-7.png").unlink()
-    _save(root / "test" / "norain-009.png", _img(9))
+    save_png(root / "test" / "norain-009.png", _img(9))
     msg = _error("derain", {"data": root})
     assert "norain-009.png has no partner" in msg and "rain-009" in msg
 
@@ -339,7 +331,7 @@ def test_div2k_scale_errors(tmp_path):
     msg = _error("sr", {"data": div2k(tmp_path / "e"), "scale": 4})
     assert "has X2 but the task's scale is 4" in msg and "X4" in msg
     root = div2k(tmp_path / "f")
-    _save(root / "DIV2K_valid_LR_bicubic" / "X2" / "0801x2.png", _img(1, 20, 24))  # 20 px: not 49 // 2
+    save_png(root / "DIV2K_valid_LR_bicubic" / "X2" / "0801x2.png", _img(1, 20, 24))  # 20 px: not 49 // 2
     msg = _error("sr", {"data": root})
     assert "0801.png is 49x49 px" in msg and "0801x2.png is 24x20 px" in msg and "scale 2" in msg
 
