@@ -400,6 +400,7 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
     values: dict[str, dict[Pair, float]] = {"student": {}, "ssim": {}, "worst": {}}
     short, nonmonotone, pairs = [], 0, []  # short: the highest test cost of each pair that does not reach it
     rough = 0  # pairs whose reading crossed a wide bracket or a non-monotone curve
+    nearest: dict[Pair, tuple[bool, float]] = {}  # a short pair: (stays below the cost, drop at its nearest point)
     for (t, s), c in f.groupby(["teacher_seed", "seed"], sort=True, dropna=False):
         pair = _pair(t, s)
         pairs.append(pair)
@@ -417,6 +418,10 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
                     rough += 1
             elif what == "student":
                 short.append((min(c["teacher_drop_db"]), max(c["teacher_drop_db"])))
+                # the pair's nearest point to the cost: its costliest if it stays below, its mildest if above
+                side = max if max(c["teacher_drop_db"]) < cost else min
+                nearest[pair] = (side is max, float(c.loc[side(c.index, key=lambda i: c.at[i, "teacher_drop_db"]),
+                                                          column]))
             if what == "student" and not m.monotone:
                 nonmonotone += 1
     reached = len(values["student"])
@@ -430,7 +435,8 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
         why = _why_short(short, cost, "the others" if reached else "they")
         where = f"on {reached} of {len(pairs)} seed pairs" if reached else "on none of its seed pairs"
         notes.append(f"{PARTIAL} {label} reaches {format_value(cost)} dB of test cost {where} ({why}); "
-                     + ("its row is over the pairs that reach it." if reached else "it is not ranked there."))
+                     + ("its row is over the pairs that reach it." if reached else "it is not ranked there.")
+                     + _bounded(values["student"], nearest))
     if rough:
         row.flags += ROUGH
         notes.append(f"{ROUGH} {label} at {format_value(cost)} dB: on {rough} of {reached} seed pairs the reading "
@@ -441,6 +447,20 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
         notes.append(f"{label}: teacher cost on test is not monotone in strength on {nonmonotone} of {len(pairs)} "
                      "seed pairs; the first crossing of each cost is used.")
     return row
+
+
+def _bounded(reached: dict[Pair, float], nearest: dict[Pair, tuple[bool, float]]) -> str:
+    """Every pair kept, where all the pairs short of a cost miss it on one side: each counted at its nearest point
+    (its costliest strength if it stays below the cost: a lower bound where drops grow with cost; its mildest if
+    it costs more everywhere: an upper bound), so that the row does not rest on the pairs that survive."""
+    sides = {below for below, _ in nearest.values()}
+    if len(sides) != 1 or not nearest:
+        return ""
+    e = unit_ci({**reached, **{p: v for p, (_, v) in nearest.items()}})
+    word, what = ("at least", "costliest point") if sides == {True} else ("at most", "mildest strength")
+    who = f"Over all {e.n} pairs, those short of it counted at their {what}" if reached else \
+        f"Every pair counted at its {what.replace('their', 'its')}"
+    return f" {who}: {word} {format_estimate(e, 2)} dB (a bound, not an estimate; {e.units} student seeds)."
 
 
 def _why_short(short: list[tuple[float, float]], cost: float, who: str) -> str:

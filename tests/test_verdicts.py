@@ -154,6 +154,10 @@ def test_matched_cost_rows_interpolate_each_seed_pairs_curve(verdict_report):
     assert mad.student.n == 0 and mad.rank is None and "~" in mad.flags  # never extrapolated
     md = (verdict_report.out / "leaderboard.md").read_text()
     assert "not reached" in md and "reaches 0.5 dB of test cost on none of its seed pairs" in md.replace("\\", "")
+    # issue 29 item 4: every pair kept, the short ones at their nearest point (mad stays below 0.5 dB: its 0.3 dB
+    # point, drop 0.2, is a lower bound)
+    bound = "Every pair counted at its costliest point: at least 0.20 ± 0.01 dB (a bound, not an estimate; 4 student"
+    assert bound in md.replace("\\", "")
 
 
 def test_every_group_has_the_noise_floor_and_significance_against_it(verdict_report):
