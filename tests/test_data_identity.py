@@ -22,6 +22,7 @@ from bench.layouts import image_size, read_pixels
 from bench.pipeline import CellSpec, make_plugin, resolve
 from bench.profiles import get_profile
 from bench.registry import TASKS
+from bench.store import Store
 
 SMOKE = get_profile("smoke")
 SIZE = 40  # px: above the smoke profile's crop and query size
@@ -265,6 +266,11 @@ def test_a_test_image_copied_from_training_is_refused_naming_both(tmp_path, caps
     code = main(["run", "--task", "folder", "--data", str(root), *FAST, "--set", "task.allow_leakage=true",
                  "--home", home])
     assert code == 0, capsys.readouterr().err
+    # a cell scored with the override is marked: in its identity (so its key) and in the report's label
+    (row,) = Store(home).cells(status="done")
+    assert row["config"]["task"]["params"]["allow_leakage"] is True
+    assert make_task("folder", {"data": root}).identity() != make_task("folder", {"data": root,
+                                                                              "allow_leakage": True}).identity()
 
 
 def test_a_link_or_a_near_copy_of_a_training_image_is_refused(tmp_path):

@@ -171,6 +171,8 @@ class DataSource:
                 out[key] = value if key == "scene_pattern" else _resolved(value)
         if p.test_set or found.test_chosen:
             out["test_set"] = found.test_label
+        if p.allow_leakage:  # scores on images a model trained on: the row and the report's label say so
+            out["allow_leakage"] = True
         return out
 
     def fingerprint(self) -> str:
