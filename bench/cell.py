@@ -277,9 +277,11 @@ def share_teacher(cell: Cell, artifacts: Artifacts) -> Cell:
     if cell.spec.teacher_threads or (cell.teacher_model is not None and cell.teacher_model.weights):
         return cell
 
+    # one config (the task's identity hashes its data once), re-keyed per thread count
+    base = teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model, cell.numerics)
+
     def trained(threads: int) -> bool:
-        config = teacher_config(cell.task, cell.profile, cell.spec.teacher_seed, cell.teacher_model,
-                                numerics(threads, cell.spec.device, cell.profile.precision))
+        config = {**base, "numerics": numerics(threads, cell.spec.device, cell.profile.precision)}
         return (artifacts.dir(config_key(config)) / "model.pt").exists()
 
     own = int(cell.numerics["threads"])

@@ -103,12 +103,17 @@ def get_teacher(task: Task, profile: Profile, teacher_seed: int, artifacts: Arti
     return artifacts.cached_model(config, build_fn, train_fn, force=force)
 
 
+def _named(user_model: UserModel | None) -> str:
+    """`` (FACTORY)`` for a user's model in a message, nothing for the reference architecture."""
+    return f" ({user_model.identity().get('factory')})" if user_model is not None else ""
+
+
 def check_answer(answer: torch.Tensor, task: Task, role: str, user_model: UserModel | None) -> None:
     """A one-line error naming the model for an answer to the first test image that is not the size of its
     target (a model right at the probe sizes but not at a test image's: it failed after training, in the
     metrics) or not finite."""
     clean = task.splits().test.clean[0]
-    where = f" ({user_model.identity().get('factory')})" if user_model is not None else ""
+    where = _named(user_model)
     if tuple(answer.shape[-2:]) != tuple(clean.shape[-2:]):
         x = task.splits().test.degraded[0]
         raise BenchError(f"the {task.name} {role}{where} answers the first test image ({x.shape[-1]}x{x.shape[-2]} px) "
@@ -131,7 +136,7 @@ def check_deterministic(teacher: nn.Module, probe: torch.Tensor, cell: Cell) -> 
         torch.allclose(first, second, rtol=1e-5, atol=1e-6)  # GPU kernels: deterministic up to rounding
     if not same:
         gap = float((first.float() - second.float()).abs().max())
-        where = f" ({cell.teacher_model.identity().get('factory')})" if cell.teacher_model is not None else ""
+        where = _named(cell.teacher_model)
         raise BenchError(f"the {cell.spec.task} teacher{where} is not deterministic: two forwards of one test image "
                          f"differ by up to {gap:.3g} in eval mode (dropout or noise left on?); make its eval "
                          "forward a function of its input (model.eval() must switch randomness off).")

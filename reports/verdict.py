@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import BenchError
-from reports.leaderboard import MATCHED_COSTS, ROUGH, WORST, Row, Table, build_tables
+from reports.leaderboard import MATCHED_COSTS, ROUGH, WORST, Row, Table, build_tables, format_estimate
 from reports.significance import ALPHA, FAMILY_TEXT, METHOD_TEXT
 from reports.stats import Estimate, mean_ci
 
@@ -51,10 +51,7 @@ START, END = "<!-- bench verdict: start -->", "<!-- bench verdict: end -->"
 
 
 def _est(e: Estimate, decimals: int = 2) -> str:
-    if not e.n or math.isnan(e.mean):
-        return "n/a"
-    text = f"{e.mean:.{decimals}f}"
-    return text if e.ci is None else f"{text} ± {e.ci:.{decimals}f}"
+    return format_estimate(e, decimals)  # the leaderboard's own rendering (n/a, no "-0.00")
 
 
 def _p(p: float) -> str:
