@@ -2,8 +2,9 @@
 
 Outputs (``--format``, default all): ``leaderboard.md``, ``leaderboard.tex`` (booktabs tables to paste),
 ``cells.csv`` (every cell, done and failed, one tidy row each), ``plots/`` (trade-off and bar PNGs per
-task, a visual grid JPEG per task and attack) and ``report.html`` (all of it on one self-contained page;
-the figures are drawn for it even when ``plots`` is not asked for, and then not written as files).
+task, a visual grid JPEG per task and attack, a budget curve per query-budget sweep: :mod:`reports.budget`)
+and ``report.html`` (all of it on one self-contained page; the figures are drawn for it even when ``plots`` is
+not asked for, and then not written as files).
 
 A store with nothing finished, failed cells, configurations with one seed, or missing sample images
 gives a report that says so (:func:`missing`), never a crash.
@@ -21,6 +22,7 @@ import pandas as pd
 from bench import BenchError
 from bench.cache import atomic_write_bytes
 from bench.progress import bar
+from reports import budget as budget_mod
 from reports import cells as cells_mod
 from reports import grid as grid_mod
 from reports import html as html_mod
@@ -139,7 +141,8 @@ def _slug(*parts: str) -> str:
 
 def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: bool = True) -> tuple[
         list[Figure], list[str]]:
-    """Trade-off and bar plot per (profile, task), visual grid per (profile, task, attack)."""
+    """Trade-off and bar plot per (profile, task), visual grid per (profile, task, attack), and a budget curve
+    per query-budget sweep (:mod:`reports.budget`)."""
     if cells.empty:
         return [], []
     done = cells[cells["status"] == "done"]
@@ -189,6 +192,18 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
                           filename=f"{name}.jpg" if jpeg else f"{name}.png",
                           dpi=grid_mod.GRID_DPI if jpeg else plots.BAR_DPI if kind == "bars" else 200,
                           vectors=vectors))
+    for family, vectors in budget_mod.budget_plots(done):
+        name = _slug("budget", family.task, family.attack, family.profile)
+        while name in used:
+            name += "_"
+        used.add(name)
+        caption = (f"{family.task}, attack {family.attack}, profile {family.profile}: student PSNR drop against "
+                   "the queries the attack made (log scale), one line per defense configuration, each point paired "
+                   "with the reference student stolen with the same budget; the noise floor at each budget as a "
+                   "grey band" + ("; beside it, the trace statistic of the stolen students" if family.traces else "")
+                   + ".")
+        out.append(Figure(profile=family.profile, task=family.task, kind="budget", caption=caption,
+                          image=vectors.pop("png"), filename=f"{name}.png", dpi=200, vectors=vectors))
     return out, notes
 
 
