@@ -173,6 +173,8 @@ def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
             f"seed {row['seed']} · teacher seed {teacher_seed}")
     table = tabulate(rows, headers=("", "PSNR (dB)", "SSIM"), floatfmt=(".2f", ".2f", ".4f"))
     drops = tabulate([("teacher_drop_db", f"{m['teacher_drop_db']:.3f}"),
+                      *([("attacker_query_drop_db", f"{m['attacker_query_drop_db']:.3f}  (the attacker's queries)")]
+                        if "attacker_query_drop_db" in m else []),
                       *([("worst_teacher_drop_db", f"{m['worst_teacher_drop_db']:.3f}  (the worst test image)"),
                          ("served_fidelity_db", f"{m['served_fidelity_db']:.2f}  (served vs teacher answers, PSNR)")]
                         if "worst_teacher_drop_db" in m else []),

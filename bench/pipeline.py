@@ -45,7 +45,7 @@ from bench.cell import (
 from bench.numerics import job_device, on_device
 from bench.query import GroundTruthUnsupported
 from bench.row import new_row
-from bench.scoring import SCORES_RECIPE, evaluate, save_samples, scored
+from bench.scoring import ATTACKER_QUERIES, SCORES_RECIPE, attacker_query_drop, evaluate, save_samples, scored
 from bench.stages import (
     STUDENT_RECIPE,
     TEACHER_RECIPE,
@@ -208,6 +208,9 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
             served_fidelity = scores["served"]["fidelity_per_image"]
         else:
             scores["served"], served_fidelity = scores["teacher"], [100.0] * len(test)
+        # what the attacker's queries pay (crops of its pool, against their clean crops), beside the test cost
+        attacker_drop = (attacker_query_drop(served, undefended, splits.attacker, task, profile.query_size)
+                         if touches_answers else [0.0] * ATTACKER_QUERIES)
         scores["student"] = scores["student_ref"] if shortcut else evaluate(student, test, task)
         models = {"teacher": undefended, "served": served, "student_ref": ref_student, "student": student}
         if gt is not None:
@@ -227,6 +230,8 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
     per_image = [t - s for t, s in zip(scores["teacher"]["psnr_per_image"], scores["served"]["psnr_per_image"])]
     metrics["teacher_drop_db_per_image"] = per_image
     metrics["worst_teacher_drop_db"] = max(per_image)
+    metrics["attacker_query_drop_db"] = float(np.mean(attacker_drop))
+    metrics["attacker_query_drop_db_per_image"] = attacker_drop
     metrics["served_fidelity_db"] = float(np.mean(served_fidelity))
     metrics["served_fidelity_db_per_image"] = served_fidelity
     metrics["answer_bits"] = bits
@@ -245,3 +250,4 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
         metrics["calibration_key"] = calibration.key
     metrics.update(timings)
     return metrics
+

@@ -46,6 +46,11 @@ METRIC_FIELDS: dict[str, str] = {
     "teacher_drop_db": "teacher_psnr - served_psnr: what honest users lose",
     "teacher_drop_db_per_image": "the teacher's drop per test image",
     "worst_teacher_drop_db": "the largest per-image teacher drop",
+    "attacker_query_drop_db": "what the attacker's queries pay, beside teacher_drop_db for the test split's honest "
+                              "users: mean over 8 crops of the attacker pool (profile.query_size, fixed seed, "
+                              "bench.scoring.attacker_queries) of the undefended teacher's PSNR minus the served "
+                              "model's, both against the crops' clean targets (0 where no answer is touched)",
+    "attacker_query_drop_db_per_image": "that drop per attacker query crop",
     "served_fidelity_db": "mean PSNR of the served answers against the undefended teacher's (100 where equal)",
     "served_fidelity_db_per_image": "that fidelity per test image",
     "answer_bits": "bits of the served answers (8: images; 0: float)",

@@ -17,10 +17,12 @@ from torch import nn
 
 from bench.api import Task
 from bench.cache import Artifacts, atomic_write_bytes, config_key
-from bench.data import Pool
+from bench.data import Pool, sample_pair_crops, stable_seed
 from bench.metrics import psnr, ssim
 
 SCORES_RECIPE = "2"  # bump when evaluate() or bench.metrics changes: scores of cached models are kept
+#: attacker queries a cell scores the served model on (as many as the smoke test split has images)
+ATTACKER_QUERIES = 8
 
 
 def pool_digest(pool: Pool) -> str:
@@ -51,6 +53,24 @@ def evaluate(model: nn.Module | None, pool: Pool, task: Task, *, against: nn.Mod
     if against is not None:
         scores["fidelity_per_image"] = [float(f) for f in fs]
     return scores
+
+
+def attacker_queries(pool: Pool, size: int, n: int = ATTACKER_QUERIES) -> Pool:
+    """``n`` queries of the kind the attacks send (:func:`bench.kd.collect`): crops of ``size`` output pixels of
+    the attacker pool's degraded images, without flips, with their clean crops as targets. Drawn from a fixed
+    seed, the same for every cell, so the cost on them compares across defenses and seeds."""
+    g = torch.Generator().manual_seed(stable_seed("attacker-queries", n, size))
+    x, y = sample_pair_crops(pool.degraded, pool.clean, n, size, g, scale=pool.scale, augment=False,
+                             setting="profile.query_size")
+    return Pool("attacker-queries", list(x), list(y), [], pool.scale, pool.transforms)
+
+
+def attacker_query_drop(served: nn.Module, teacher: nn.Module, pool: Pool, task: Task, size: int) -> list[float]:
+    """Per attacker query (:func:`attacker_queries` of ``pool``): the undefended ``teacher``'s PSNR minus the
+    ``served`` model's, both against the query's clean crop."""
+    queries = attacker_queries(pool, size)
+    plain, defended = evaluate(teacher, queries, task), evaluate(served, queries, task)
+    return [t - s for t, s in zip(plain["psnr_per_image"], defended["psnr_per_image"])]
 
 
 def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts, model_key: str, who: str, *,

@@ -33,11 +33,13 @@ from bench.profiles import CALIB_FIELDS
 
 #: per-cell metrics the reports aggregate (all in the store's ``metrics`` JSON)
 DROPS = ("teacher_drop_db", "student_drop_db", "student_ssim_drop_pct")
-#: the teacher's cost beyond the mean drop: the worst test image's drop, served-vs-teacher PSNR
-COSTS = ("worst_teacher_drop_db", "served_fidelity_db")
-#: per-image values (lists in the store, JSON lists in the CSV), in the test pool's order
+#: the teacher's cost beyond the mean drop: the worst test image's drop, served-vs-teacher PSNR, and the cost on the
+#: attacker's queries (what the thief pays beside the honest users' teacher_drop_db; NaN in rows from before it)
+COSTS = ("worst_teacher_drop_db", "served_fidelity_db", "attacker_query_drop_db")
+#: per-image values (lists in the store, JSON lists in the CSV), in the test pool's order (the attacker's
+#: queries' in theirs)
 PER_IMAGE = ("teacher_drop_db_per_image", "teacher_psnr_per_image", "served_psnr_per_image",
-             "served_fidelity_db_per_image")
+             "served_fidelity_db_per_image", "attacker_query_drop_db_per_image")
 SCORES = tuple(f"{who}_{m}" for who in ("input", "teacher", "served", "student_ref", "student", "student_gt")
                for m in ("psnr", "ssim"))
 TIMINGS = ("data_s", "teacher_s", "defense_fit_s", "reference_student_s", "student_s", "score_s")
