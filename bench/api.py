@@ -124,6 +124,21 @@ class Task(Plugin, ABC):
 
 
 # ------------------------------------------------------------------------------------------ defenses
+#: the false-positive rate at which a tracing defense calls a model ``traced`` (row metric ``traced``)
+TRACE_ALPHA = 0.01
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A tracing defense's verdict on one model (:meth:`Defense.trace`): ``stat`` the detection statistic,
+    ``z`` its distance from the statistic's null (models that never saw the defense's answers) in null standard
+    deviations, ``p`` the one-sided p-value of ``z`` (small: the model carries the defense's mark)."""
+
+    stat: float
+    z: float
+    p: float
+
+
 @dataclass
 class FitContext:
     """What a defense's ``fit`` gets besides the teacher and the data."""
@@ -158,6 +173,9 @@ class Defense(Plugin):
     saturation_hint: ClassVar[str] = "loosen its other parameters"
     #: feature perturbations flow on through the model (answers change) rather than only being exposed
     inline: bool = False
+    #: the defense marks its answers so that a model trained on them can be recognised (a watermark): it
+    #: implements :meth:`trace`, and the cell scores every student with it (row metrics ``trace_*``)
+    traces: ClassVar[bool] = False
 
     def __init__(self, params: Any, *, seed: int = 0) -> None:
         self.params = params
@@ -183,6 +201,13 @@ class Defense(Plugin):
 
     def perturb_answers(self, answers: torch.Tensor, query: Query) -> torch.Tensor:
         return answers
+
+    def trace(self, outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
+              teacher_outputs: Sequence[torch.Tensor]) -> Trace:
+        """Whether a model carries this defense's mark (only where ``traces`` is True): ``outputs`` are the
+        model's answers to the probe images ``inputs`` (each (1, 3, H, W), in [0, 1]), ``teacher_outputs`` the
+        undefended teacher's answers to them (the owner has its teacher)."""
+        raise NotImplementedError(f"defense '{self.name}' does not trace (its class sets traces = False)")
 
     def calibration_identity(self) -> dict[str, Any]:
         """:meth:`identity` without the strength parameter: what a calibration of this defense is for."""

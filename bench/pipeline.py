@@ -45,7 +45,15 @@ from bench.cell import (
 from bench.numerics import job_device, on_device
 from bench.query import GroundTruthUnsupported
 from bench.row import new_row
-from bench.scoring import ATTACKER_QUERIES, SCORES_RECIPE, attacker_query_drop, evaluate, save_samples, scored
+from bench.scoring import (
+    ATTACKER_QUERIES,
+    SCORES_RECIPE,
+    attacker_query_drop,
+    evaluate,
+    save_samples,
+    scored,
+    trace_metrics,
+)
 from bench.stages import (
     STUDENT_RECIPE,
     TEACHER_RECIPE,
@@ -217,6 +225,9 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
             scores["student_gt"] = scored(gt, test, task, artifacts, gt_key(cell), "student", **shared)
             models["student_gt"] = gt
         save_samples(artifacts.dir(cell.key) / "samples", test, task, models)
+        traces: dict[str, Any] = {}
+        if defense.traces:  # a watermark: is the owner's mark in the stolen student (and, a check, in clean ones)?
+            traces = trace_metrics(defense, test, undefended, {"": student, "_ref": ref_student, "_gt": gt})
     timings["score_s"] = time.perf_counter() - t
 
     metrics: dict[str, Any] = {}
@@ -248,6 +259,6 @@ def _run(cell: Cell, artifacts: Artifacts, store: Store, *, progress: bool, forc
         metrics["strength"] = calibration.value
         metrics["calib_drop_db"] = calibration.achieved_db
         metrics["calibration_key"] = calibration.key
+    metrics.update(traces)  # only for a defense that traces: the report shows none, not zero, for the others
     metrics.update(timings)
     return metrics
-

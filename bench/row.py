@@ -64,6 +64,14 @@ METRIC_FIELDS: dict[str, str] = {
     "strength_param": "a calibrated cell's strength parameter", "strength": "its calibrated value",
     "calib_drop_db": "the teacher cost the calibration reached on calib",
     "calibration_key": "the stored calibration's key",
+    # a defense that traces (bench.api.Defense.traces, a watermark) only; absent from every other row
+    **{f"trace_{m}{suffix}": f"{text} on {who}, over the test images (Defense.trace)"
+       for suffix, who in (("", "the stolen student"), ("_ref", "the reference student (never saw the mark)"),
+                           ("_gt", "the ground-truth student (never saw the mark)"))
+       for m, text in (("stat", "the tracing defense's detection statistic"),
+                       ("z", "that statistic's z-score against its null"),
+                       ("p", "the one-sided p-value of that z"))},
+    "traced": "the stolen student carries the defense's mark: trace_p < bench.api.TRACE_ALPHA (1 % false positives)",
     **{f"{stage}_s": f"seconds spent on {text}" for stage, text in (
         ("data", "the data"), ("teacher", "the teacher (training or loading)"), ("calibrate", "calibration"),
         ("defense_fit", "the defense's fit"), ("reference_student", "the reference student"),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.api import Task
+from bench.api import TRACE_ALPHA, Defense, Task
 from bench.cache import Artifacts, atomic_write_bytes, config_key
 from bench.data import Pool, sample_pair_crops, stable_seed
 from bench.metrics import psnr, ssim
@@ -104,6 +104,26 @@ def scored(model: nn.Module | None, pool: Pool, task: Task, artifacts: Artifacts
 def _scores_digest(scores: dict[str, Any]) -> str:
     body = json.dumps({k: scores[k] for k in ("psnr", "ssim", "psnr_per_image")}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+@torch.no_grad()
+def trace_metrics(defense: Defense, pool: Pool, teacher: nn.Module,
+                  models: dict[str, nn.Module | None]) -> dict[str, Any]:
+    """A tracing defense's verdict (:meth:`bench.api.Defense.trace`) on each model of ``models`` (row-metric
+    suffix -> model; None: absent) over the pool's images, against ``teacher``'s undefended answers:
+    ``trace_stat``, ``trace_z``, ``trace_p`` + suffix, and ``traced`` (p < TRACE_ALPHA) for the stolen
+    student (suffix "")."""
+    inputs = [x[None] for x in pool.degraded]
+    teacher_outputs = [teacher(x).clamp(0, 1) for x in inputs]
+    out: dict[str, Any] = {}
+    for suffix, model in models.items():
+        if model is None:
+            continue
+        t = defense.trace([model(x).clamp(0, 1) for x in inputs], inputs, teacher_outputs)
+        out.update({f"trace_stat{suffix}": t.stat, f"trace_z{suffix}": t.z, f"trace_p{suffix}": t.p})
+        if not suffix:
+            out["traced"] = bool(t.p < TRACE_ALPHA)
+    return out
 
 
 @torch.no_grad()

@@ -66,6 +66,13 @@ TRANSFER = "!"
 PARTIAL = "~"
 #: a reading taken across a wide bracket (reports.matched.wide_gap) or off a non-monotone curve on some pair
 ROUGH = "≈"
+#: the column a table gets where a row's defense traces (a watermark, bench.api.Defense.traces); absent elsewhere
+TRACE_HEADER = "Traced (1 % FPR)"
+TRACE_NOTE = ("Traced (1 % FPR): for a defense that marks its answers (a watermark), the seed pairs whose stolen "
+              "student carries the mark at a 1 % false-positive rate (trace_p < 0.01: the owner's key against a "
+              "null of wrong keys), the mean z of those students, and how many clean students (the reference and "
+              "ground-truth students, which never saw the mark) the same test flags; – for defenses that do not "
+              "trace and for matched-cost rows (a verdict is not read off a curve).")
 
 Pair = tuple[int, int]  # (teacher seed, student seed)
 
@@ -104,6 +111,11 @@ class Row:
     #: marks after the defense name (TRANSFER: calib budget did not hold on test; PARTIAL: curve reached
     #: the matched cost on some pairs only)
     flags: str = ""
+    #: a tracing defense's row (trace_* metrics): (pairs whose stolen student was traced, pairs), the z of
+    #: those students, (clean students flagged, clean students); None where the defense does not trace
+    traced: tuple[int, int] | None = None
+    trace_z: Estimate = field(default_factory=lambda: Estimate(math.nan, None, 0))
+    clean_flagged: tuple[int, int] = (0, 0)
 
     @property
     def seeds(self) -> list[int]:
@@ -305,7 +317,7 @@ def worst_case_tables(tables: list[Table]) -> list[Table]:
                 name = first.defense if first.floor else f"{first.defense} · best thief: {best}"
                 rows.append(dataclasses.replace(first, defense=name, student=unit_ci(samples), samples=samples,
                                                 pairs=sorted(samples), ssim=Estimate(math.nan, None, 0),
-                                                rank=None, p_vs={}, flags=first.flags))
+                                                rank=None, p_vs={}, flags=first.flags, traced=None))
         rows = _rank(rows)
         table = Table(profile=profile, task=task, attack=WORST, attack_access=None, rows=rows, derived=True)
         run = ", ".join(t.attack for t in mine)
@@ -352,8 +364,28 @@ def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Ro
         )
         if row.budget_db is not None and row.teacher.n and transfer_warning(row.budget_db, row.teacher.mean):
             row.flags += TRANSFER
+        if "traced" in g and g["traced"].notna().any():
+            _set_trace(row, g[g["traced"].notna()])
         rows.append(row)
     return rows
+
+
+def _set_trace(row: Row, g: pd.DataFrame) -> None:
+    """A tracing defense's traceability on its row, from the cells' trace_* metrics (bench/row.py)."""
+    from bench.api import TRACE_ALPHA
+
+    row.traced = (int(g["traced"].astype(bool).sum()), len(g))
+    row.trace_z = unit_ci(_values(g, "trace_z"))
+    clean = [v for who in ("_ref", "_gt") for v in _values(g, f"trace_p{who}").values()]
+    row.clean_flagged = (sum(p < TRACE_ALPHA for p in clean), len(clean))
+
+
+def trace_cell(row: Row) -> str:
+    """The traceability column's text: 'traced/pairs · z mean ± ci · clean flagged/clean', or '–'."""
+    if row.traced is None:
+        return "–"
+    return (f"{row.traced[0]}/{row.traced[1]} · z {format_estimate(row.trace_z, 1)} · clean "
+            f"{row.clean_flagged[0]}/{row.clean_flagged[1]}")
 
 
 def _copy_floor(floor: list[Row], group: str) -> list[Row]:
@@ -551,6 +583,8 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
                      "cubic, PCHIP, where the pair's curve is monotone, else linear on the first crossing segment), "
                      "never extrapolated. Worst image: the largest per-image teacher drop on test. Fidelity: PSNR "
                      "of the served answers against the undefended teacher's.")
+    if any(r.traced is not None for r in table.rows):
+        notes.append(TRACE_NOTE)
     if any(TRANSFER in r.flags for r in table.rows):
         notes.append(f"{TRANSFER} the budget set on calib did not hold on test (cost off by more than 2x or 0.1 "
                      "dB): compare this row at matched test cost instead.")
@@ -693,11 +727,13 @@ def table_markdown(table: Table) -> str:
     from tabulate import tabulate
 
     parts = [f"## {_md_escape(table.title)}\n"]
+    tracing = any(r.traced is not None for r in table.rows)  # the column only where a defense traces
     for name, rows in table.groups():
-        body = [row_cells(r, escape=_md_escape) for r in rows]
-        text = tabulate(body, headers=HEADERS, tablefmt="github", disable_numparse=True,
+        body = [row_cells(r, escape=_md_escape) + ([trace_cell(r)] if tracing else []) for r in rows]
+        text = tabulate(body, headers=HEADERS + ((TRACE_HEADER,) if tracing else ()), tablefmt="github",
+                        disable_numparse=True,
                         colalign=("right", "left", "left", "right", "right", "right", "right", "left", "left",
-                                  "right", "right"))
+                                  "right", "right") + (("left",) if tracing else ()))
         parts.append(f"### {_md_escape(name)}\n\n{text}\n")
     notes = "".join(f"\n- {_md_escape(n)}" for n in table.notes)
     return "\n".join(parts) + f"{notes}\n"
