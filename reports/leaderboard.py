@@ -47,7 +47,7 @@ from reports.cells import format_value
 from reports.matched import at_cost, wide_gap
 from reports.significance import ALPHA, FAMILY_TEXT, minimum_detectable_effect, verdicts
 from reports.significance import METHOD_TEXT as TEST_TEXT
-from reports.stats import Estimate, mean_ci, unit_ci
+from reports.stats import Estimate, mean_ci, teacher_unit_of, unit_ci
 
 #: teacher costs on test (dB) at which trade-off curves are compared
 MATCHED_COSTS = (0.1, 0.5, 1.0)
@@ -354,9 +354,11 @@ def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Ro
             rank=None, defense=FLOOR_LABEL if is_floor else label, channels=g["channels"].iloc[0],
             sees=bool(g["attack_sees_defense"].all()), group=group,
             budget_db=None if pd.isna(budget) else float(budget),
-            teacher=unit_ci(_values(g, "teacher_drop_db")), student=unit_ci(_values(g, "student_drop_db")),
-            ssim=unit_ci(_values(g, "student_ssim_drop_pct")), worst=unit_ci(_values(g, "worst_teacher_drop_db")),
-            fidelity=unit_ci(_values(g, "served_fidelity_db")),
+            # what honest users pay depends on the teacher seed alone: its interval is over teacher seeds
+            teacher=unit_ci(_values(g, "teacher_drop_db"), unit=teacher_unit_of),
+            student=unit_ci(_values(g, "student_drop_db")), ssim=unit_ci(_values(g, "student_ssim_drop_pct")),
+            worst=unit_ci(_values(g, "worst_teacher_drop_db"), unit=teacher_unit_of),
+            fidelity=unit_ci(_values(g, "served_fidelity_db"), unit=teacher_unit_of),
             pairs=sorted(_pair(t, s) for t, s in zip(g["teacher_seed"], g["seed"])),
             config_id=config_id, family_id=g["family_id"].iloc[0], defense_base=g["defense_base"].iloc[0],
             failed=int((failed["config_id"] == config_id).sum()), floor=is_floor,
@@ -459,7 +461,7 @@ def _matched_row(family_id: str, f: pd.DataFrame, cost: float, group: str, notes
     reached = len(values["student"])
     row = Row(rank=None, defense=label, channels=f["channels"].iloc[0], sees=True, group=group,
               teacher=Estimate(cost, None, reached), student=unit_ci(values["student"]),
-              ssim=unit_ci(values["ssim"]), worst=unit_ci(values["worst"]),
+              ssim=unit_ci(values["ssim"]), worst=unit_ci(values["worst"], unit=teacher_unit_of),
               pairs=sorted(values["student"]), config_id=family_id, family_id=family_id, defense_base=base,
               matched_cost=cost, samples=values["student"])
     if reached < len(pairs):
@@ -565,8 +567,9 @@ def _notes(table: Table, grp: pd.DataFrame, failed: pd.DataFrame, *, has_floor: 
     notes.append(f"Intervals: 95 % Student t over student seeds, each the mean over its teacher seeds (the "
                  f"design is crossed, so student seeds are the independent units); this table has {n_s} student "
                  f"seed(s) ({_seed_list(sorted({s for _, s in pairs}))}) and {n_t} teacher seed(s) "
-                 f"({_seed_list(sorted({t for t, _ in pairs}))}), which are treated as fixed. Pairs column: pairs "
-                 "behind the row (student x teacher seeds).")
+                 f"({_seed_list(sorted({t for t, _ in pairs}))}), which are treated as fixed. The teacher's "
+                 "side (teacher drop, worst image, fidelity) does not depend on the student seed: its interval is "
+                 "over teacher seeds (none with one). Pairs column: pairs behind the row (student x teacher seeds).")
     if table.mde[1] >= 2:
         notes.append(_mde_text(*table.mde))
     if has_floor:

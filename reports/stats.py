@@ -9,7 +9,7 @@ report says so rather than printing zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,19 +56,29 @@ def unit_of(key: Hashable) -> Hashable:
     return key[1] if isinstance(key, tuple) and len(key) == 2 else key
 
 
-def unit_means(samples: Mapping[Hashable, float]) -> dict[Hashable, float]:
+def teacher_unit_of(key: Hashable) -> Hashable:
+    """The unit of a teacher-side quantity (teacher drop, worst image, fidelity): the teacher seed of a (teacher
+    seed, student seed) pair. Those quantities do not depend on the student seed, so the student seeds' means
+    are all equal and an interval over them would be zero; their spread is the teacher seeds'."""
+    return key[0] if isinstance(key, tuple) and len(key) == 2 else key
+
+
+def unit_means(samples: Mapping[Hashable, float], unit: Callable[[Hashable], Hashable] = unit_of) -> dict[
+        Hashable, float]:
     """The mean of each unit's finite values (a student seed's mean over the teacher seeds it has)."""
     grouped: dict[Hashable, list[float]] = {}
     for key, v in samples.items():
         if v is not None and math.isfinite(v):
-            grouped.setdefault(unit_of(key), []).append(float(v))
+            grouped.setdefault(unit(key), []).append(float(v))
     return {u: float(np.mean(vs)) for u, vs in grouped.items()}
 
 
-def unit_ci(samples: Mapping[Hashable, float], level: float = LEVEL) -> Estimate:
-    """Mean and Student-t interval over independent units (see :func:`unit_of`): the mean of the units' means,
-    and the interval of those means (df = units - 1). ``n`` counts the values (pairs), ``units`` the units."""
+def unit_ci(samples: Mapping[Hashable, float], level: float = LEVEL, *,
+            unit: Callable[[Hashable], Hashable] = unit_of) -> Estimate:
+    """Mean and Student-t interval over independent units (see :func:`unit_of`; teacher-side quantities:
+    ``unit=teacher_unit_of``): the mean of the units' means, and the interval of those means (df = units - 1).
+    ``n`` counts the values (pairs), ``units`` the units."""
     finite = [v for v in samples.values() if v is not None and math.isfinite(v)]
-    means = list(unit_means(samples).values())
+    means = list(unit_means(samples, unit).values())
     e = mean_ci(means, level)
     return Estimate(e.mean, e.ci, len(finite), len(means))

@@ -366,3 +366,15 @@ def test_refinement_proposes_the_midpoint_for_every_seed_pair_of_the_family():
                      "metrics": {"teacher_drop_db": 0.15, "student_drop_db": 0.5}})
     again = {s.defense_params["h"] for s in proposals(result)}
     assert 1.449 not in again and again  # 1.05-1.449 spans 0.13 dB around 0.1; 1.449-2.0 spans 1.05 around 0.5, 1
+
+
+def test_teacher_side_interval_is_over_teacher_seeds_not_student_seeds():
+    """A teacher drop depends on the teacher seed alone: over student seeds every unit's mean is equal and the
+    interval would be a misleading 0; over teacher seeds it is the teachers' spread."""
+    from reports.stats import teacher_unit_of, unit_ci
+
+    samples = {(t, s): [0.5, 1.0, 1.5][t] for t in range(3) for s in range(5)}
+    assert unit_ci(samples).ci == pytest.approx(0.0)
+    e = unit_ci(samples, unit=teacher_unit_of)
+    assert e.mean == pytest.approx(1.0) and e.units == 3 and e.n == 15
+    assert e.ci == pytest.approx(4.302652729911275 * 0.5 / math.sqrt(3))
