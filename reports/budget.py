@@ -49,9 +49,11 @@ def _without_queries(params: Any) -> tuple[str, Any]:
     return json.dumps(p, sort_keys=True), budget
 
 
-def _label(attack: str, rest: str) -> str:
+def _label(attack: str, rest: str, varying: set[str]) -> str:
+    """The attack's name with the parameters that differ between its families in the store (all others are
+    its defaults or shared: naming them says nothing)."""
     params = json.loads(rest)
-    inner = ", ".join(f"{k}={v}" for k, v in params.items())
+    inner = ", ".join(f"{k}={v}" for k, v in params.items() if k in varying)
     return f"{attack} ({inner})" if inner else attack
 
 
@@ -75,7 +77,9 @@ def budget_families(cells: pd.DataFrame) -> list[BudgetFamily]:
                                                             sort=True):
         if fam["_budget"].nunique() < 2:
             continue
-        family = BudgetFamily(profile=str(profile), task=str(task), attack=_label(str(attack), str(rest)))
+        others = [json.loads(r) for r in set(done.loc[done["attack"] == attack, "_attack_rest"])]
+        varying = {k for p in others for k in p if len({json.dumps(o.get(k)) for o in others}) > 1}
+        family = BudgetFamily(profile=str(profile), task=str(task), attack=_label(str(attack), str(rest), varying))
         for (label, base), g in fam.groupby(["defense_label", "defense_base"], sort=True):
             if base == "none":
                 continue  # its drop is zero by construction: the reference is its own student
@@ -113,23 +117,26 @@ def budget_figure(family: BudgetFamily, title: str, *, trace_threshold: float | 
         hi = [e.mean + (e.ci or 0.0) for _, e in family.floor]
         ax.fill_between(xs, lo, hi, color="0.6", alpha=0.25, linewidth=0, label="noise floor (95 % CI)")
         ax.plot(xs, [e.mean for _, e in family.floor], color="0.4", linestyle=":", linewidth=0.9)
+    colors = {label: f"C{i % 10}" for i, label in enumerate(family.curves)}  # one colour per defense, both panels
     for i, (label, points) in enumerate(family.curves.items()):
         xs = [q for q, _ in points]
         ax.errorbar(xs, [e.mean for _, e in points], yerr=[e.ci or 0.0 for _, e in points], marker=MARKERS[i % len(
-            MARKERS)], capsize=2, label=label)
-    ax.set_xscale("log")
+            MARKERS)], capsize=2, label=label, color=colors[label])
+    budgets = sorted({q for pts in family.curves.values() for q, _ in pts if math.isfinite(q)})
+    _budget_axis(ax, budgets)
     ax.axhline(0.0, color="0.7", linewidth=0.6)
     ax.set_xlabel("queries the attack made")
     ax.set_ylabel(STUDENT_AXIS)
     ax.legend(fontsize=7, loc="best")
     if family.traces:
         tx = axes[1]
-        for i, (label, points) in enumerate(family.traces.items()):
+        for label, points in family.traces.items():
+            i = list(family.curves).index(label)
             tx.errorbar([q for q, _ in points], [e.mean for _, e in points], yerr=[e.ci or 0.0 for _, e in points],
-                        marker=MARKERS[i % len(MARKERS)], capsize=2, label=label)
+                        marker=MARKERS[i % len(MARKERS)], capsize=2, label=label, color=colors[label])
         if trace_threshold is not None:
             tx.axhline(trace_threshold, color="0.3", linestyle="--", linewidth=0.9, label="detection threshold")
-        tx.set_xscale("log")
+        _budget_axis(tx, budgets)
         tx.set_xlabel("queries the attack made")
         tx.set_ylabel("trace statistic z (stolen student)")
         tx.legend(fontsize=7, loc="best")
@@ -139,13 +146,27 @@ def budget_figure(family: BudgetFamily, title: str, *, trace_threshold: float | 
     return fig
 
 
+def _budget_axis(ax: Any, budgets: list[float]) -> None:
+    """A log x axis ticked at the budgets run, labelled as plain numbers (the report's style turns mathtext
+    off, so matplotlib's default log labels would print as raw TeX)."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(budgets, [f"{q:g}" for q in budgets])
+
+
 def budget_plots(cells: pd.DataFrame) -> list[tuple[BudgetFamily, dict[str, bytes]]]:
     """Each budget family with its figure rendered (PNG, PDF, SVG)."""
+    from scipy.stats import norm
+
+    from bench.api import TRACE_ALPHA
     from reports.plots import rendered, style
 
+    threshold = float(norm.ppf(1 - TRACE_ALPHA))  # z of a one-sided p = TRACE_ALPHA: where `traced` begins
     out = []
     for family in budget_families(cells):
         with style():
-            fig = budget_figure(family, f"{family.task} (profile {family.profile})")
+            fig = budget_figure(family, f"{family.task} (profile {family.profile})", trace_threshold=threshold)
             out.append((family, rendered(fig)))
     return out

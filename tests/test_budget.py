@@ -52,7 +52,7 @@ def test_a_query_sweep_in_one_line_plans_one_attack_per_budget():
 def test_each_budget_is_one_point_paired_at_its_budget_over_student_seeds(tmp_path):
     cells = cells_mod.load(_store(tmp_path))
     (family,) = budget_families(cells)
-    assert family.task == "derain" and family.attack == "vanilla_kd"
+    assert family.task == "derain" and family.attack == "vanilla_kd"  # nothing but the budget varies: no params
     assert list(family.curves) == ["output_noise (sigma=0.02)"]  # 'none' is its own reference: no curve
     points = family.curves["output_noise (sigma=0.02)"]
     assert [q for q, _ in points] == [4.0, 16.0, 64.0]
@@ -87,3 +87,13 @@ def test_report_draws_the_budget_figure_with_a_trace_panel_where_a_defense_trace
     assert fig.image.startswith(b"\x89PNG")
     svg = (tmp_path / "out" / "plots" / f"{fig.filename[:-4]}.svg").read_text()
     assert "trace statistic" in svg and "queries the attack made" in svg and "noise floor" in svg
+
+
+def test_the_family_is_named_by_what_differs_between_the_stores_attacks(tmp_path):
+    store = Store(_store(tmp_path))
+    for i, q in enumerate((4, 16)):
+        cell = _cell(f"t{i}", "output_noise", {"sigma": 0.02}, 0, 0, q, 1.0)
+        cell["config"]["attack"]["params"]["tta_average"] = True
+        store.put_cell(cell)
+    names = sorted(f.attack for f in budget_families(cells_mod.load(tmp_path / "s")))
+    assert names == ["vanilla_kd", "vanilla_kd (tta_average=True)"]
