@@ -58,8 +58,9 @@ def _label(attack: str, rest: str, varying: set[str]) -> str:
 
 
 def _estimate(g: pd.DataFrame, column: str) -> Estimate:
-    samples = {(t, s): v for t, s, v in zip(g["teacher_seed"], g["seed"], g[column])}
-    return unit_ci(samples)
+    from reports.leaderboard import _values  # the leaderboard's (teacher seed, student seed) samples, one definition
+
+    return unit_ci(_values(g, column))
 
 
 def budget_families(cells: pd.DataFrame) -> list[BudgetFamily]:
