@@ -181,6 +181,15 @@ def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
                       ("student_drop_db", f"{m['student_drop_db']:.3f}"),
                       ("student_ssim_drop_pct", f"{m['student_ssim_drop_pct']:.2f}")],
                      tablefmt="plain")
+    trace = ""
+    if "trace_z" in m:  # a defense that marks its answers: is the stolen student traced, are clean ones not?
+        from bench.api import TRACE_ALPHA
+
+        clean = ", ".join(f"{name} z {m[f'trace_z{who}']:.1f} (p {m[f'trace_p{who}']:.2g})"
+                          for who, name in (("_ref", "reference"), ("_gt", "ground truth")) if f"trace_z{who}" in m)
+        trace = (f"\n\ntraced: {'yes' if m['traced'] else 'no'} at {TRACE_ALPHA:.0%} false-positive rate: stolen "
+                 f"student z {m['trace_z']:.1f} (p {m['trace_p']:.2g})"
+                 + (f"; clean students {clean}" if clean else ""))
     notes = [f"queries used {m['queries_used']}", f"channels touched: {m['channels']}"]
     for role in ("teacher", "student"):
         user = row.get("config", {}).get(f"{role}_model")
@@ -208,7 +217,7 @@ def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
         notes.append("answers unchanged for this attack: defended student = reference student")
     remarks = "".join(f"\nremark: {r}" for r in cell_remarks(m, task=row["task"], defense=row["defense"],
                                                               profile=row["profile"], has_sets=has_sets))
-    return f"{head}\n\n{table}\n\n{drops}\n\n" + " · ".join(notes) + remarks + f"\nkey {row['key']}"
+    return f"{head}\n\n{table}\n\n{drops}{trace}\n\n" + " · ".join(notes) + remarks + f"\nkey {row['key']}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

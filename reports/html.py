@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.leaderboard import HEADERS, Table, intro, row_cells
+from reports.leaderboard import HEADERS, TRACE_HEADER, Table, intro, row_cells, trace_cell
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -65,18 +65,20 @@ def data_uri(image: bytes, filename: str = ".png") -> str:
 
 def table_html(table: Table) -> str:
     numeric = {0, 3, 4, 5, 6, 9, 10}
-    head = "".join(f'<th class="{"num" if i in numeric else ""}">{esc(h)}</th>' for i, h in enumerate(HEADERS))
+    tracing = any(r.traced is not None for r in table.rows)  # the column only where a defense traces
+    headers = HEADERS + ((TRACE_HEADER,) if tracing else ())
+    head = "".join(f'<th class="{"num" if i in numeric else ""}">{esc(h)}</th>' for i, h in enumerate(headers))
     body = []
     for i, row in enumerate(table.rows):
         classes = []
         if i == 0 or row.group != table.rows[i - 1].group:
-            span = f'<td colspan="{len(HEADERS)}"><em>{esc(row.group)}</em></td>'
+            span = f'<td colspan="{len(headers)}"><em>{esc(row.group)}</em></td>'
             body.append(f'<tr class="{"group" if i else ""}">{span}</tr>')
         if row.floor:
             classes.append("floor")
         if not row.sees:
             classes.append("unseen")
-        cells = row_cells(row, escape=esc)
+        cells = row_cells(row, escape=esc) + ([esc(trace_cell(row))] if tracing else [])
         tds = "".join(f'<td class="num">{esc(c)}</td>' if j in numeric else f"<td>{c}</td>"
                       for j, c in enumerate(cells))
         body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>')

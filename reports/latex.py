@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from reports.leaderboard import ONE_SEED, UNSEEN, Table, row_cells
+from reports.leaderboard import ONE_SEED, UNSEEN, Row, Table, row_cells, trace_cell
 
 _SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -57,9 +57,19 @@ def _number(text: str) -> str:
     return "--" if text == "–" else _estimate(escape(text))
 
 
+def _trace(row: Row) -> str:
+    """The traceability cell, compact: 'traced/pairs, z mean PM ci; clean flagged/clean', or -- ."""
+    text = trace_cell(row)
+    if text == "–":
+        return "--"
+    return escape(text.replace(" · ", "; ").replace(" ± ", " PM ")).replace("PM", r"$\pm$")
+
+
 def table_latex(table: Table) -> str:
     """One booktabs table; ranked groups (matched test cost, calibrated budget, as run) are headed by a
     spanning row instead of a column (narrower)."""
+    tracing = any(r.traced is not None for r in table.rows)  # the column only where a defense traces
+    n_cols = 10 + tracing
     lines = [
         f"% {escape(table.title)}",
         r"\begin{table}[htbp]",
@@ -71,21 +81,24 @@ def table_latex(table: Table) -> str:
         r"image's drop, and fidelity (served vs.\ teacher answers, PSNR). Floor: paired $t$-test against the noise "
         r"floor, Holm-corrected within each group (above: significantly larger; n.s.: not separable). Rows that "
         r"cannot be separated share a rank. Acts on: the channel the defense changes (ans.: every user's answers; "
-        r"feat.: the features exposed to feature-level attackers).}",
+        r"feat.: the features exposed to feature-level attackers)."
+        + (r" Traced: seed pairs whose stolen student the owner's detector flags at a 1\,\% false-positive "
+           r"rate, the detection $z$, and the clean students (reference, ground truth) flagged; -- where the "
+           r"defense does not trace." if tracing else "") + "}",
         f"  \\label{{tab:leaderboard-{_slug(table.task)}-{_slug(table.attack)}-{_slug(table.profile)}}}",
-        r"  \begin{tabular}{rllrrrrlrr}",
+        r"  \begin{tabular}{rllrrrrlrr" + ("l" if tracing else "") + "}",
         r"    \toprule",
-        r"    & & & \multicolumn{3}{c}{teacher} & student & & SSIM & \\",
+        r"    & & & \multicolumn{3}{c}{teacher} & student & & SSIM & " + ("& " if tracing else "") + r"\\",
         r"    \cmidrule(lr){4-6}",
         r"    Rank & Defense & Acts on & drop (dB) & worst (dB) & fid.\ (dB) & drop (dB) & vs floor & drop (\%) "
-        r"& $n$ \\",
+        r"& $n$" + (" & traced" if tracing else "") + r" \\",
         r"    \midrule",
     ]
     for i, row in enumerate(table.rows):
         if i == 0 or row.group != table.rows[i - 1].group:
             if i:
                 lines.append(r"    \midrule")
-            lines.append(f"    \\multicolumn{{10}}{{l}}{{\\emph{{{escape(row.group)}}}}} \\\\")
+            lines.append(f"    \\multicolumn{{{n_cols}}}{{l}}{{\\emph{{{escape(row.group)}}}}} \\\\")
         cells = row_cells(row, pm=" PM ", escape=escape, decimals=DECIMALS)
         cells[0] = escape(cells[0])
         cells[1] = _defense(row.defense) + (f"\\,{escape(row.flags)}" if row.flags else "")
@@ -93,6 +106,8 @@ def table_latex(table: Table) -> str:
             "\\," + escape(UNSEEN) if not row.sees else "")
         n_text = escape(cells[10].split(" (")[0] + (f" {ONE_SEED}" if ONE_SEED in cells[10] else ""))
         cells = (cells[:3] + [_number(c) for c in cells[3:7]] + [escape(cells[7]), _number(cells[9]), n_text])
+        if tracing:
+            cells.append(_trace(row))
         lines.append("    " + " & ".join(cells) + r" \\")
     lines += [r"    \bottomrule", r"  \end{tabular}"]
     if table.notes:

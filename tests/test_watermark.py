@@ -150,3 +150,33 @@ def test_the_leaderboard_shows_traceability_for_the_watermark_only(store):
     # a table without a tracing defense has no such column
     plain = build_tables(cells[cells["defense"] != "watermark"])
     assert plain and all(TRACE_HEADER not in table_markdown(t) for t in plain)
+
+
+def test_latex_and_html_carry_the_traceability_column_where_a_defense_traces(store):
+    from reports.html import table_html
+    from reports.latex import table_latex
+
+    home, _ = store
+    cells = load(home)
+    (table,) = [t for t in build_tables(cells) if t.task == "derain"]
+    tex, page = table_latex(table), table_html(table)
+    assert "& traced" in tex and "2/2; z " in tex and "clean 0/4" in tex
+    # every body row has the header's column count: 11 cells, 10 separators
+    body = [ln for ln in tex.splitlines() if ln.rstrip().endswith(r"\\") and "multicolumn" not in ln
+            and not ln.strip().startswith("&")]
+    assert body and all(ln.count(" & ") == 10 for ln in body), body
+    assert f"<th class=\"\">{TRACE_HEADER}</th>" in page and "2/2 · z " in page
+    assert page.count("<tr class=") and all(r.count("<td") in (1, 12) for r in page.split("<tr")[2:])
+    plain = build_tables(cells[cells["defense"] != "watermark"])
+    assert all("traced" not in table_latex(t) and TRACE_HEADER not in table_html(t) for t in plain)
+
+
+def test_bench_run_prints_whether_the_stolen_student_is_traced(store):
+    from bench.cli import format_cell
+
+    _, rows = store
+    text = format_cell(rows["watermark", 0])
+    m = rows["watermark", 0]["metrics"]
+    assert f"traced: yes at 1% false-positive rate: stolen student z {m['trace_z']:.1f}" in text
+    assert "clean students reference z" in text and "ground truth z" in text
+    assert "traced:" not in format_cell(rows["output_noise", 0])
