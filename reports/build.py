@@ -22,12 +22,12 @@ import pandas as pd
 from bench import BenchError
 from bench.cache import atomic_write_bytes
 from bench.progress import bar
+from reports import askers, leaderboard, plots
 from reports import budget as budget_mod
 from reports import cells as cells_mod
 from reports import grid as grid_mod
 from reports import html as html_mod
 from reports import latex as latex_mod
-from reports import leaderboard, plots
 from reports.html import Figure
 from reports.leaderboard import Table
 
@@ -230,6 +230,7 @@ def build_report(home: Path | str, out: Path | str | None = None, formats: tuple
     tables = leaderboard.build_tables(cells)
     failed = cells[cells["status"] != "done"] if not cells.empty else cells
     n_done = int((cells["status"] == "done").sum()) if not cells.empty else 0
+    payers = askers.who_pays(cells)
     report = Report(out=out, tables=tables, cells=cells, messages=missing(cells, tables, store))
     if "plots" in formats or "html" in formats:
         report.figures, notes = figures(home, cells, tables, progress=progress)
@@ -246,7 +247,8 @@ def build_report(home: Path | str, out: Path | str | None = None, formats: tuple
     except OSError as exc:
         raise BenchError(f"cannot create the report folder {out}: {exc.strerror}; pass a writable --out DIR.") from None
     if "md" in formats:
-        write("leaderboard.md", leaderboard.markdown(tables, report.messages, failed, store, n_done).encode())
+        write("leaderboard.md", (leaderboard.markdown(tables, report.messages, failed, store, n_done) + "\n"
+                                 + askers.markdown(payers, escape=leaderboard.md_escape)).encode())
     if "latex" in formats:
         write("leaderboard.tex", latex_mod.latex(tables, report.messages).encode())
     if "csv" in formats:
@@ -258,6 +260,6 @@ def build_report(home: Path | str, out: Path | str | None = None, formats: tuple
                 write(f"plots/{Path(f.filename).stem}.{fmt}", data)
     if "html" in formats:
         page = html_mod.page(tables, report.figures, failed, report.messages, store=store, n_done=n_done,
-                             generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                             generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), payers=payers)
         write("report.html", page.encode())
     return report

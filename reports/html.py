@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from reports import askers
+from reports.askers import WhoPays
 from reports.leaderboard import HEADERS, TRACE_HEADER, Table, intro, row_cells, trace_cell
 
 CSS = """
@@ -117,10 +119,12 @@ def failed_html(failed: pd.DataFrame) -> str:
 
 
 def page(tables: list[Table], figures: list[Figure], failed: pd.DataFrame, messages: list[str], *, store: str,
-         n_done: int, generated: str) -> str:
+         n_done: int, generated: str, payers: list[WhoPays] = ()) -> str:
     sections: dict[tuple[str, str], list[str]] = {}
     for t in tables:
         sections.setdefault((t.profile, t.task), []).append(table_html(t))
+    for w in payers:
+        sections.setdefault((w.profile, w.task), []).append(askers.html(w, esc))
     for f in figures:
         sections.setdefault((f.profile, f.task), []).append(figure_html(f))
     toc, body = [], []

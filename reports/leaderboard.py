@@ -719,7 +719,7 @@ def row_cells(row: Row, pm: str = " ± ", escape: Callable[[str], str] = str,
     ]
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     """Markdown-safe text: table pipes, emphasis, HTML and link/image syntax are shown literally."""
     for ch in ("\\", "|", "*", "_", "`", "[", "]", "<", ">", "!"):
         text = text.replace(ch, "\\" + ch)
@@ -729,16 +729,16 @@ def _md_escape(text: str) -> str:
 def table_markdown(table: Table) -> str:
     from tabulate import tabulate
 
-    parts = [f"## {_md_escape(table.title)}\n"]
+    parts = [f"## {md_escape(table.title)}\n"]
     tracing = any(r.traced is not None for r in table.rows)  # the column only where a defense traces
     for name, rows in table.groups():
-        body = [row_cells(r, escape=_md_escape) + ([trace_cell(r)] if tracing else []) for r in rows]
+        body = [row_cells(r, escape=md_escape) + ([trace_cell(r)] if tracing else []) for r in rows]
         text = tabulate(body, headers=HEADERS + ((TRACE_HEADER,) if tracing else ()), tablefmt="github",
                         disable_numparse=True,
                         colalign=("right", "left", "left", "right", "right", "right", "right", "left", "left",
                                   "right", "right") + (("left",) if tracing else ()))
-        parts.append(f"### {_md_escape(name)}\n\n{text}\n")
-    notes = "".join(f"\n- {_md_escape(n)}" for n in table.notes)
+        parts.append(f"### {md_escape(name)}\n\n{text}\n")
+    notes = "".join(f"\n- {md_escape(n)}" for n in table.notes)
     return "\n".join(parts) + f"{notes}\n"
 
 
@@ -755,14 +755,14 @@ def intro(n_done: int, n_failed: int, store: str) -> str:
 
 
 def markdown(tables: list[Table], messages: list[str], failed: pd.DataFrame, store: str, n_done: int) -> str:
-    parts = ["# Leaderboard\n", _md_escape(intro(n_done, len(failed), store)) + "\n"]
+    parts = ["# Leaderboard\n", md_escape(intro(n_done, len(failed), store)) + "\n"]
     if messages:
-        parts.append("## What is missing\n\n" + "".join(f"- {_md_escape(m)}\n" for m in messages))
+        parts.append("## What is missing\n\n" + "".join(f"- {md_escape(m)}\n" for m in messages))
     parts += [table_markdown(t) for t in tables]
     if len(failed):
         from tabulate import tabulate
 
-        body = [[_md_escape(c) for c in (r["task_label"], r["defense_label"], r["attack_label"], r["profile_label"],
+        body = [[md_escape(c) for c in (r["task_label"], r["defense_label"], r["attack_label"], r["profile_label"],
                                          str(r["seed"]), _one_line(r["error"]))] for _, r in failed.iterrows()]
         parts.append("## Failed cells\n\n" + tabulate(body, headers=("Task", "Defense", "Attack", "Profile", "Seed",
                                                                      "Error"), tablefmt="github",

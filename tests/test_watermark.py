@@ -180,3 +180,15 @@ def test_bench_run_prints_whether_the_stolen_student_is_traced(store):
     assert f"traced: yes at 1% false-positive rate: stolen student z {m['trace_z']:.1f}" in text
     assert "clean students reference z" in text and "ground truth z" in text
     assert "traced:" not in format_cell(rows["output_noise", 0])
+
+
+def test_the_report_says_what_test_users_and_the_attacker_pay(store, tmp_path):
+    from reports.build import build_report
+
+    home, rows = store
+    build_report(home, tmp_path, ("md",), progress=False)
+    text = (tmp_path / "leaderboard.md").read_text()
+    section = text[text.index("## Who pays: derain"):]
+    m = rows["watermark", 0]["metrics"]
+    assert "watermark" in section and "output\\_noise" in section and "Attacker's queries" in section
+    assert m["attacker_query_drop_db"] > 0
