@@ -390,7 +390,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
-    report = build_report(_home(args), args.out, formats, progress=True, tasks=tasks)
+    report = build_report(_home(args), args.out, formats, progress=True, tasks=tasks, grid=args.grid)
     for message in report.messages:
         print(f"note: {message}", file=sys.stderr)
     print(f"report in {report.out}: " + ", ".join(str(p.relative_to(report.out)) for p in report.files))
@@ -399,10 +399,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_verdict(args: argparse.Namespace) -> int:
     from bench.cache import atomic_write_bytes
-    from reports.build import only_tasks
+    from reports.build import only_grid, only_tasks
     from reports.verdict import load_cells, replace_section, verdict_markdown
 
     cells, source = load_cells(args.home, args.cells)
+    if args.grid:
+        cells = only_grid(cells, args.grid)
     if args.tasks:
         cells = only_tasks(cells, tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
     text = verdict_markdown(cells, source=source)
@@ -509,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help="comma-separated subset of md,latex,csv,plots,html (default: all)")
     p.add_argument("--tasks", help="comma-separated tasks to report (default: every task in the store), e.g. the "
                                    "finished part of a grid that is still running")
+    p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file (a store that serves several "
+                                                  "grids, e.g. runs/claims-v3, reports one of them)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("verdict", help="the ASVP paper's claims judged per task (README section, verdict.md)",
@@ -520,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", metavar="FILE", help="a report's cells.csv instead of a store, e.g. "
                                                    "docs/results/claims-v2/cells.csv")
     p.add_argument("--tasks", help="comma-separated tasks (default: every task)")
+    p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file")
     p.add_argument("--out", metavar="FILE", help="also write the verdict to FILE (e.g. a report's verdict.md)")
     p.add_argument("--readme", metavar="FILE", help="rewrite FILE's generated section (between '<!-- bench verdict: "
                                                     "start -->' and '<!-- bench verdict: end -->')")

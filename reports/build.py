@@ -217,13 +217,31 @@ def only_tasks(cells: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFrame:
     return cells[cells["task"].isin(tasks)]
 
 
+def only_grid(cells: pd.DataFrame, grid: Path | str) -> pd.DataFrame:
+    """The cells of the grid file ``grid`` (by cell key, the one identity the sweep stored them under): a store
+    that serves several grids reports one of them alone. Cells a ``--refine`` round added are not in the file.
+    A one-line error when the store holds none of them."""
+    from bench.cell import resolve
+    from bench.grid import load_file, make_grid
+
+    keys = {resolve(spec).key for spec in make_grid(load_file(grid)).specs()}
+    mine = cells[cells["key"].isin(keys)] if not cells.empty else cells
+    if mine.empty:
+        raise BenchError(f"--grid {grid}: none of its {len(keys)} cells is in this store; run `bench sweep {grid}` "
+                         "with this --home first, or leave --grid out to report every cell.")
+    return mine
+
+
 def build_report(home: Path | str, out: Path | str | None = None, formats: tuple[str, ...] = FORMATS, *,
-                 progress: bool = True, tasks: tuple[str, ...] | None = None) -> Report:
+                 progress: bool = True, tasks: tuple[str, ...] | None = None,
+                 grid: Path | str | None = None) -> Report:
     """Read the store at ``home`` and write the report in ``formats`` to ``out`` (default ``<home>/report``);
-    ``tasks``: only these tasks' cells (by name)."""
+    ``tasks``: only these tasks' cells (by name); ``grid``: only the cells of that grid file."""
     home = Path(home)
     out = Path(out) if out is not None else home / "report"
     cells = cells_mod.load(home)
+    if grid is not None:
+        cells = only_grid(cells, grid)
     if tasks:
         cells = only_tasks(cells, tasks)
     store = str(home / "results.sqlite")

@@ -1,4 +1,5 @@
-"""The 'who pays' table: each configuration's test-user cost beside its attacker-query cost, over teacher seeds."""
+"""Report views: the "who pays" table (test-user cost beside attacker-query cost, over teacher seeds) and a report
+of one grid's cells."""
 
 import math
 
@@ -56,3 +57,22 @@ def test_the_html_table_has_a_row_per_configuration():
     (table,) = who_pays(_cells(rows))
     page = html(table, esc)
     assert page.count("<tr>") == 3 and "Attacker&#x27;s queries" in page and "<td>am</td>" in page
+
+
+def test_a_report_of_one_grid_keeps_only_that_grids_cells(tmp_path):
+    import pytest
+    import yaml
+
+    from bench import BenchError
+    from bench.cell import resolve
+    from bench.grid import load_file, make_grid
+    from reports.build import only_grid
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"profile": "smoke", "tasks": ["derain"], "defenses": ["none", "output_noise"],
+                                    "seeds": "0-1"}))
+    keys = [resolve(s).key for s in make_grid(load_file(grid)).specs()]
+    cells = pd.DataFrame({"key": keys + ["other-grid-cell"], "task": "derain"})
+    assert set(only_grid(cells, grid)["key"]) == set(keys) and len(keys) == 4
+    with pytest.raises(BenchError, match="none of its 4 cells is in this store"):
+        only_grid(cells[cells["key"] == "other-grid-cell"], grid)
