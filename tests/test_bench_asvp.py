@@ -18,7 +18,9 @@ shared with other jobs, load average 0.8-1.8): channel 1.31-1.35x, spatial 1.74-
 channel 1.31-1.35x, spatial 2.27-2.45x. About 0.15x of each is bench/serving.py's finiteness check of the two perturbed
 maps (``torch.isfinite(out).all()``, 5 ms per 32x256x256 map at 2 threads); ASVP's own work is ~0.16x
 (channel) and ~0.5x (spatial). Under heavier load (3-4) every parallel region can wait a scheduler tick and
-the figures mean little (the teacher's median then swings 60-440 ms).
+the figures mean little (the teacher's median then swings 60-440 ms). Issue 30's second pass was measured
+only under load (load average 5-7, 2026-12-02; figures and method in defenses/asvp.py's docstring): with 1
+thread and process CPU time, channel 1.20-1.21x -> 1.17-1.19x, spatial 1.58-1.62x -> 1.52-1.56x.
 
 ``test_served_forward[...]`` times each CPU variant on its own (pytest-benchmark's table).
 ``test_paired_rounds`` (CPU) and ``test_paired_rounds_cuda[...]`` run every variant once per round, interleaved,
