@@ -19,7 +19,9 @@ What the paper leaves open for this setting, and what this module chooses:
   levels) are refused with an error.
 - Regressor. A trainable 1x1 convolution per (student, teacher) layer pair maps the student's channels
   to the teacher's (the reference architectures keep the input's spatial size in their body; should a
-  student feature map differ in size from its hint, the regressor's output is resized bilinearly).
+  student feature map differ in size from its hint, the regressor's output is resized bilinearly). A
+  transformer student's token sequences are seen as maps, and a padded student's maps are cut to the part
+  that answers its crop, as the served model's hints are (:mod:`bench.features`).
 - Training. One stage, not the paper's two (hint pre-training, then KD): loss = L1(student output,
   answer) + sum_l w_l * MSE(regressor_l(student feature_l), hint_l) with ``feature_weights`` w (one for
   all layers, or one per layer). The hints are fixed targets collected when querying (no gradient ever
@@ -56,6 +58,7 @@ from bench import BenchError
 from bench.adaptive import AdaptiveParams
 from bench.api import Attack, AttackContext
 from bench.data import Pool
+from bench.features import InputSizes, as_map, crop_exposed
 from bench.kd import collect, distill
 from bench.models import body_layers, middle_layers
 from bench.params import param
@@ -163,13 +166,16 @@ class FeatureKD(Attack):
         weights = self._weights(len(teacher_layers))
 
         captured: dict[str, torch.Tensor] = {}
+        sizes = InputSizes(student)  # token features' spatial shape; the part of a padded map the crop answers
 
         def hook(name: str):
             def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-                captured[name] = output
+                fmap, _ = as_map(output, args, sizes.padded, layer=name)
+                captured[name] = crop_exposed(fmap, sizes.called, sizes.padded)
             return fn
 
         handles = [resolve_module(student, n).register_forward_hook(hook(n)) for n in dict.fromkeys(student_layers)]
+        handles.extend(sizes.handles)
         try:
             with torch.no_grad():  # the student's channel counts, from one query
                 student(inputs[:1])

@@ -24,6 +24,7 @@ from bench import BenchError, guards
 from bench.api import Attack, Defense, Task
 from bench.cache import Artifacts, config_key
 from bench.calibrate import check_budget
+from bench.models.field import resolve_model
 from bench.numerics import numerics, resolve_device
 from bench.params import build
 from bench.profiles import CALIB_FIELDS, Profile, get_profile
@@ -52,9 +53,11 @@ class CellSpec:
     teacher_seed: int = 0
     #: run the defense at the strength calibrated to cost the teacher this many dB (None: as given)
     budget_db: float | None = None
-    #: the user's own teacher / student (``PACKAGE.MODULE:FACTORY``, bench.usermodel); None: reference
+    #: the user's own teacher / student (``PACKAGE.MODULE:FACTORY``, bench.usermodel), or an architecture of the
+    #: field by name (``nafnet-w16``, bench.models.field); None: reference
     teacher: str | None = None
-    #: weights file for ``teacher`` (used as is); None: the suite trains the user's teacher
+    #: weights file for ``teacher`` (used as is; without ``teacher``: a checkpoint whose architecture spandrel
+    #: detects); None: the suite trains the teacher
     weights: str | None = None
     student: str | None = None
     #: torch threads the cell runs with (0: the running process's count); part of every key, since the
@@ -194,13 +197,11 @@ def resolve(spec: CellSpec) -> Cell:
     defense = make_plugin(DEFENSES, spec.defense, spec.defense_params, seed=spec.seed)
     check_budget(defense, spec.budget_db, spec.defense_params)
     attack = make_plugin(ATTACKS, spec.attack, spec.attack_params, seed=spec.seed)
-    if spec.weights and not spec.teacher:
-        raise BenchError("--weights needs --teacher PACKAGE.MODULE:FACTORY (the model the weights are for).")
     where = f"task '{spec.task}'"
-    teacher = UserModel.resolve("teacher", spec.teacher, spec.weights, scale=task.scale, task_name=where,
-                                profile=profile) if spec.teacher else None
-    student = UserModel.resolve("student", spec.student, scale=task.scale, task_name=where,
-                                profile=profile) if spec.student else None
+    # PACKAGE.MODULE:FACTORY (bench.usermodel), an architecture of the field or a checkpoint whose architecture
+    # spandrel detects (bench.models.field), or None: the reference architecture
+    teacher = resolve_model("teacher", spec.teacher, spec.weights, scale=task.scale, task_name=where, profile=profile)
+    student = resolve_model("student", spec.student, None, scale=task.scale, task_name=where, profile=profile)
     cell = Cell(spec, profile, task, defense, attack, teacher, student)
     check_layers(cell)
     guards.check_memory(cell)  # a cell that cannot fit in memory is refused before anything is built

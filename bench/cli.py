@@ -42,12 +42,14 @@ def _common_cell_args(p: argparse.ArgumentParser, *, calibrating: bool = False) 
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a parameter, e.g. --set defense.h=1.5 --set attack.steps=200 (repeatable)")
     _data_args(p)
-    p.add_argument("--teacher", metavar="PACKAGE.MODULE:FACTORY",
-                   help="your own teacher: FACTORY() returns the nn.Module (default: the reference teacher)")
+    p.add_argument("--teacher", metavar="ARCH|PACKAGE.MODULE:FACTORY",
+                   help="the teacher: an architecture of the field (bench list models: nafnet-w16, swinir-light, ...) "
+                        "or your own, FACTORY() returning the nn.Module (default: the reference teacher)")
     p.add_argument("--weights", metavar="FILE",
-                   help="state dict for --teacher, used as is (without it the suite trains your teacher)")
-    p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
-                   help="the attacker's student architecture (default: the reference student)")
+                   help="the teacher's state dict, used as is: for --teacher, or alone a checkpoint whose "
+                        "architecture spandrel detects (without it the suite trains the teacher)")
+    p.add_argument("--student", metavar="ARCH|PACKAGE.MODULE:FACTORY",
+                   help="the attacker's student architecture, named as --teacher (default: the reference student)")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
                         "result's key (a GPU's numbers are not a CPU's)")
@@ -195,7 +197,8 @@ def format_cell(row: dict[str, Any], *, has_sets: bool = False) -> str:
         user = row.get("config", {}).get(f"{role}_model")
         if user:
             weights = f", weights {user['weights']}" if user.get("weights") else ""
-            head += f"\n{role} {user['factory']} (architecture {user['arch']}{weights})"
+            family = f"{user['architecture']}, " if user.get("architecture") else ""  # the field's (spandrel)
+            head += f"\n{role} {user['factory']} ({family}architecture {user['arch']}{weights})"
     if row.get("cached"):
         notes.append("result from the store (use --force to recompute)")
     else:
@@ -267,9 +270,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench.params import describe, type_name
     from bench.registry import REGISTRIES
 
-    kinds = [args.kind] if args.kind else [*REGISTRIES, "layouts", "profiles"]
+    kinds = [args.kind] if args.kind else [*REGISTRIES, "layouts", "profiles", "models"]
     out = []
     for kind in kinds:
+        if kind == "models":  # parameter counts build every preset: only when asked for by name
+            from bench.models.field import listing
+
+            out += [*listing(counts=bool(args.kind)), ""]
+            continue
         if kind == "profiles":
             out += _profiles_listing()
             continue
@@ -460,12 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (default: CUDA where available, else CPU), cpu, cuda or cuda:N; part of every "
                         "result's key (a GPU's numbers are not a CPU's)")
-    p.add_argument("--teacher", metavar="PACKAGE.MODULE:FACTORY",
-                   help="your own teacher for every cell: FACTORY() returns the nn.Module (default: the reference)")
-    p.add_argument("--weights", metavar="FILE", help="state dict for --teacher, used as is (without it the suite "
-                                                     "trains your teacher, per task and teacher seed)")
-    p.add_argument("--student", metavar="PACKAGE.MODULE:FACTORY",
-                   help="the attackers' student architecture for every cell (default: the reference student)")
+    p.add_argument("--teacher", metavar="ARCH|PACKAGE.MODULE:FACTORY",
+                   help="the teacher of every cell: an architecture of the field (bench list models) or your own, "
+                        "FACTORY() returning the nn.Module (default: the reference)")
+    p.add_argument("--weights", metavar="FILE", help="the teacher's state dict, used as is: for --teacher, or alone "
+                                                     "a checkpoint whose architecture spandrel detects (without it "
+                                                     "the suite trains the teacher, per task and teacher seed)")
+    p.add_argument("--student", metavar="ARCH|PACKAGE.MODULE:FACTORY",
+                   help="the attackers' student architecture for every cell, named as --teacher (default: the "
+                        "reference student)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
     p.add_argument("--refine", type=int, default=0, metavar="ROUNDS",
                    help="after the sweep, add strengths where a curve's reading at a matched cost crosses a wide "
@@ -495,11 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "budget, whichever is smaller)")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("list", help="list plugins with their parameters, or the profiles",
+    p = sub.add_parser("list", help="list plugins with their parameters, the profiles, or the models",
                        description="List the installed plugins (defenses, attacks, tasks) with their origin and "
-                                   "parameters, or the profiles with every field (override with --set profile.F=V).",
+                                   "parameters, the profiles with every field (override with --set profile.F=V), or "
+                                   "the field's architectures for --teacher / --student (models).",
                        formatter_class=DefaultsOnceFormatter)
-    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks", "layouts", "profiles"])
+    p.add_argument("kind", nargs="?", choices=["defenses", "attacks", "tasks", "layouts", "profiles", "models"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="leaderboards, plots and an HTML page from the store",

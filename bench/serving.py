@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bench import BenchError, sizing
+from bench.features import InputSizes, as_map, crop_exposed
 
 if TYPE_CHECKING:
     from bench.api import Defense
@@ -133,6 +134,11 @@ class ServedModel(nn.Module):
             self._handles.append(module.register_forward_hook(self._make_hook(name)))
         # inputs padded to the model's declared size_multiple (bench.sizing), only for calls made here
         self._handles.extend(sizing.install(model, active=lambda: self._query is not None))
+        # the input's size as called and as padded: token features' spatial shape, exposed copies' crop
+        self._sizes: InputSizes | None = None
+        if self.exposed_layers or perturbed:
+            self._sizes = InputSizes(model)
+            self._handles.extend(self._sizes.handles)
         self._hooked = bool(self._handles)
         self._closed = False
 
@@ -144,16 +150,20 @@ class ServedModel(nn.Module):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor):
             if self._query is None:  # the model is being called directly, not through this wrapper
                 return None
-            exposed = output
+            sizes = self._sizes
+            # token sequences (N, L, C) and tuples are seen as maps (N, C, H, W) (bench.features)
+            fmap, back = as_map(output, args, sizes.padded if sizes else None, layer=name)
+            exposed = fmap
             flow = None
             if name in self.perturbed_layers and (self.inline or self._features is not None):
-                perturbed = checked(self.defense.perturb_features(name, output, self._query), output,
+                perturbed = checked(self.defense.perturb_features(name, fmap, self._query), fmap,
                                     self.defense, f"perturb_features (layer '{name}')")
                 exposed = perturbed
                 if self.inline:
-                    flow = perturbed
+                    flow = back(perturbed)
             if self._features is not None and name in self.exposed_layers:
-                self._features[name] = exposed.detach()
+                called, padded = (sizes.called, sizes.padded) if sizes else (None, None)
+                self._features[name] = crop_exposed(exposed, called, padded).detach()
             return flow
 
         return hook

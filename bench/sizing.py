@@ -4,7 +4,9 @@ A model whose forward only accepts input sides divisible by ``m`` (a U-Net with 
 ``m = 8``; a window-attention model: its window size) declares it as an attribute, ``size_multiple = m``.
 The suite then pads every input on the bottom and right to the next multiple of ``m`` by reflection
 (by replication where the input is too small to reflect), calls the model, and crops the output back
-to the unpadded input's size times the model's scale. The scale is read off the shapes of that very
+to the unpadded input's size times the model's scale. A model that needs input sides of at least ``k``
+pixels (SwinIR: 16, for its reflection padding to the window) declares ``size_minimum = k``; inputs are
+then padded the same way up to that side (and on to the next multiple). The scale is read off the shapes of that very
 call (output side / padded input side), so super-resolution models need no extra declaration.
 
 This is done by a pair of hooks on the model itself (a forward pre-hook pads, a forward hook crops),
@@ -41,10 +43,23 @@ def size_multiple(model: nn.Module) -> int:
     return m
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """``x`` (N, C, H, W) padded on the bottom and right so H and W are multiples of ``multiple``."""
+def size_minimum(model: nn.Module) -> int:
+    """The model's declared ``size_minimum``: the smallest input side it accepts (0 when it declares none)."""
+    m = getattr(model, "size_minimum", None)
+    if m is None:
+        return 0
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        raise BenchError(f"the model's size_minimum must be an int >= 0, got {m!r}; "
+                         "set it to the smallest input side the model accepts.")
+    return m
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, minimum: int = 0) -> torch.Tensor:
+    """``x`` (N, C, H, W) padded on the bottom and right so H and W are at least ``minimum`` and
+    multiples of ``multiple``."""
     h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
+    th, tw = max(h, minimum), max(w, minimum)
+    ph, pw = th - h + -th % multiple, tw - w + -tw % multiple
     if ph == 0 and pw == 0:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
@@ -69,8 +84,8 @@ def install(model: nn.Module, *, permanent: bool = False,
             active: Callable[[], bool] | None = None) -> list[RemovableHandle]:
     """Hooks that pad the model's first positional input and crop its output (none if the model needs
     no padding, or already carries permanent hooks). ``active``: pad only while it returns True."""
-    m = size_multiple(model)
-    if m == 1 or model in _PERMANENT:
+    m, minimum = size_multiple(model), size_minimum(model)
+    if (m == 1 and minimum == 0) or model in _PERMANENT:
         return []
     pending: list[tuple[tuple[int, int], tuple[int, int]] | None] = []
 
@@ -79,7 +94,7 @@ def install(model: nn.Module, *, permanent: bool = False,
             pending.append(None)
             return None
         x = args[0]
-        xp = pad_to_multiple(x, m)
+        xp = pad_to_multiple(x, m, minimum)
         pending.append((tuple(x.shape[-2:]), tuple(xp.shape[-2:])) if xp is not x else None)
         return None if xp is x else (xp, *args[1:])
 

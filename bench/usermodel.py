@@ -180,10 +180,11 @@ def _mb(n: int) -> str:
     return f"{n} bytes" if n < 1000 else f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
 
 
-def check_archive(path: Path, model: nn.Module, role: str = "teacher") -> None:
+def check_archive(path: Path, model: nn.Module | None, role: str = "teacher", *, own_bytes: int | None = None) -> None:
     """A weights file in torch's zip format that is whole: its members declare no more bytes than a
     checkpoint of ``model`` can hold (checked before anything is inflated), and each matches its CRC-32.
-    A non-zip (legacy) torch file passes unchecked. One-line BenchError otherwise."""
+    Without a model (a checkpoint whose architecture is detected from it), ``own_bytes`` stands for the
+    model's tensor bytes. A non-zip (legacy) torch file passes unchecked. One-line BenchError otherwise."""
     try:
         st = path.stat()
         seen = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -192,7 +193,8 @@ def check_archive(path: Path, model: nn.Module, role: str = "teacher") -> None:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             declared = sum(i.file_size for i in infos)
-            own = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            own = int(own_bytes or 0) if model is None else \
+                sum(t.numel() * t.element_size() for t in model.state_dict().values())
             limit = ARCHIVE_FACTOR * own + ARCHIVE_MARGIN
             if declared > limit:
                 biggest = max(infos, key=lambda i: i.file_size)
@@ -223,6 +225,8 @@ def architecture_hash(model: nn.Module) -> str:
     for name, t in model.state_dict().items():
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\x1e".encode())
     h.update(f"size_multiple={sizing.size_multiple(model)}".encode())
+    if sizing.size_minimum(model):  # only when declared, so the hashes of models that declare none stay
+        h.update(f"size_minimum={sizing.size_minimum(model)}".encode())
     return h.hexdigest()[:16]
 
 

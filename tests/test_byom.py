@@ -308,7 +308,7 @@ def test_cell_key_includes_factory_weights_and_student(ext, pairs, tmp_path):
      ["does not match", "shape mismatch", "head.weight (6, 3, 3, 3) in file vs (4, 3, 3, 3) in model"]),
     (["--teacher", "{m}:make_plain", "--weights", "{w_x1}"], ["missing keys: conv.weight", "unexpected keys"]),
     (["--teacher", "{m}:make", "--weights", "/nonexistent.pt"], ["/nonexistent.pt does not exist"]),
-    (["--weights", "{w_x1}"], ["--weights needs --teacher"]),
+    (["--weights", "{w_x1}"], ["--weights", "--teacher PACKAGE.MODULE:FACTORY"]),
     (["--teacher", "{m}:make_x2"], ["has scale 2", "task 'derain' has scale 1"]),
     (["--teacher", "{m}:make", "--defense", "asvp", "--set", "defense.layers=enc,mdi"],
      ["defense 'asvp'", "no layer 'mdi'", "mid", "--set defense.layers="]),
