@@ -147,3 +147,36 @@ def test_attacker_queries_are_the_attacks_kind_of_query():
                for x, y in zip(q.degraded, q.clean))
     again = attacker_queries(pool, size)
     assert all(torch.equal(a, b) for a, b in zip(q.degraded, again.degraded))  # fixed seed: every cell alike
+
+
+def test_the_threshold_is_read_off_held_out_owner_images(smoke):
+    """The owner scores the threshold comes from are each image's crops against the other images' statistics,
+    what an unseen in-distribution image scores: above the owner images' own (in-sample) scores, and a low flag
+    rate flags a minority of the test split's images, not all of them (version 1's in-sample threshold)."""
+    defense = _fitted(smoke)
+    splits = _cell().task.splits()
+    own = torch.cat([defense.ood_score(x[None]) for x in splits.owner.degraded])
+    unseen = torch.cat([defense.ood_score(x[None]) for x in splits.test.degraded])
+    held_out = defense.stats.scores
+    assert float(held_out.median()) > float(own.median()), (held_out, own)
+    tau, _ = defense.stats.threshold(0.05)
+    assert float((unseen >= tau).float().mean()) <= 0.5, (unseen, tau)
+    assert float(unseen.median()) < float(held_out.max())
+
+
+def test_below_one_owner_score_in_n_the_threshold_keeps_rising_and_the_cost_falls_to_zero(smoke):
+    from defenses.adaptive_misinformation import OwnerStats
+
+    stats = OwnerStats(1, 8)
+    with torch.no_grad():
+        stats.scores.copy_(torch.arange(8.0))
+    n, top = 8, 6.125  # the 1 - 1/8 quantile of 0..7, linearly interpolated
+    at_one_in_n, iqr = stats.threshold(1 / n)
+    assert math.isclose(at_one_in_n, top) and math.isclose(stats.threshold(1 / n - 1e-12)[0], top, abs_tol=1e-9)
+    taus = [stats.threshold(q)[0] for q in (1 / 16, 1 / 32, 1 / 64)]
+    assert [round(t - top, 9) for t in taus] == [round(iqr * k, 9) for k in (1, 2, 3)]  # one IQR per halving
+    # on the teacher: a noise image, past every owner score, is answered with misinformation at a flag rate of
+    # 0.05 and let through as the flag rate falls towards 0 (version 1 flagged it at any rate above 0)
+    far = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    gates = [float(_fitted(smoke, flag_rate=q).gate(far)) for q in (0.05, 1e-3, 1e-9)]
+    assert gates[0] > 0.9 and gates[2] < 0.01 and gates[0] >= gates[1] >= gates[2], gates

@@ -236,7 +236,11 @@ def test_html_page_renders_tables_and_images_in_headless_chromium(report, tmp_pa
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 200  # text, tables and plots, not a flat page
 
     n_rows = sum(len(t.rows) for t in report.tables)
-    assert dom.count("<table") == len(report.tables) + 1  # leaderboards + failed cells
+    from reports.askers import who_pays
+
+    payers = who_pays(report.cells)
+    assert payers  # every cell records the attacker-query cost: a 'who pays' table per task
+    assert dom.count("<table") == len(report.tables) + len(payers) + 1  # leaderboards + who pays + failed cells
     assert len(re.findall(r"<tr[ >]", dom)) >= n_rows + len(report.tables)
     for t in report.tables:
         for r in t.rows:
