@@ -59,7 +59,9 @@ def test_the_html_table_has_a_row_per_configuration():
     assert page.count("<tr>") == 3 and "Attacker&#x27;s queries" in page and "<td>am</td>" in page
 
 
-def test_a_report_of_one_grid_keeps_only_that_grids_cells(tmp_path):
+def test_a_report_of_one_grid_keeps_only_that_grids_cells_whatever_their_thread_count(tmp_path):
+    import dataclasses
+
     import pytest
     import yaml
 
@@ -71,8 +73,13 @@ def test_a_report_of_one_grid_keeps_only_that_grids_cells(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({"profile": "smoke", "tasks": ["derain"], "defenses": ["none", "output_noise"],
                                     "seeds": "0-1"}))
-    keys = [resolve(s).key for s in make_grid(load_file(grid)).specs()]
-    cells = pd.DataFrame({"key": keys + ["other-grid-cell"], "task": "derain"})
-    assert set(only_grid(cells, grid)["key"]) == set(keys) and len(keys) == 4
+    specs = make_grid(load_file(grid)).specs()
+    # as a sweep with --n-jobs 2 stores them: one thread per job, in the key
+    swept = [resolve(dataclasses.replace(s, threads=1)).config() for s in specs]
+    other = resolve(dataclasses.replace(specs[0], seed=7, threads=1)).config()
+    cells = pd.DataFrame({"config": swept + [other], "key": [f"k{i}" for i in range(len(swept) + 1)]})
+    assert list(only_grid(cells, grid)["key"]) == [f"k{i}" for i in range(4)]
     with pytest.raises(BenchError, match="none of its 4 cells is in this store"):
-        only_grid(cells[cells["key"] == "other-grid-cell"], grid)
+        only_grid(cells.iloc[[-1]], grid)
+    with pytest.raises(BenchError, match="read the store with --home"):
+        only_grid(cells.drop(columns="config"), grid)
