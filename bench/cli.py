@@ -407,12 +407,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_verdict(args: argparse.Namespace) -> int:
     from bench.cache import atomic_write_bytes
-    from reports.build import only_grid, only_tasks
+    from reports.build import only_tasks
     from reports.verdict import load_cells, replace_section, verdict_markdown
 
-    cells, source = load_cells(args.home, args.cells)
-    if args.grid:
-        cells = only_grid(cells, args.grid)
+    cells, source = load_cells(args.home, args.cells, grid=args.grid)
     if args.tasks:
         cells = only_tasks(cells, tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
     text = verdict_markdown(cells, source=source)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import BenchError
-from bench.cache import atomic_write_bytes, canonical_json
+from bench.cache import atomic_write_bytes
 from bench.progress import bar
 from reports import askers, leaderboard, plots
 from reports import budget as budget_mod
@@ -217,37 +217,6 @@ def only_tasks(cells: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFrame:
     return cells[cells["task"].isin(tasks)]
 
 
-def _apart_from_threads(config: dict) -> str:
-    """A cell's configuration without the torch thread counts a sweep fills in (its own, and a shared
-    teacher's): what a grid file names. The device and precision stay."""
-    kept = {k: v for k, v in config.items() if k not in ("numerics", "teacher_threads")}
-    kept["numerics"] = {k: v for k, v in (config.get("numerics") or {}).items() if k != "threads"}
-    return canonical_json(kept)
-
-
-def only_grid(cells: pd.DataFrame, grid: Path | str) -> pd.DataFrame:
-    """The cells of the grid file ``grid``: a store that serves several grids reports one of them alone. A cell
-    belongs to the grid when its configuration is one of the grid's, whatever thread count the sweep that ran
-    it chose (a key holds it, the file does not: ``--n-jobs 2`` runs one thread per job); cells at other
-    thread counts stay apart in the report's groups as ever. Cells a ``--refine`` round added are not in the
-    file. One-line errors for a source without configurations (a cells.csv) and for no match."""
-    from bench.cell import resolve
-    from bench.grid import load_file, make_grid
-
-    wanted = {_apart_from_threads(resolve(spec).config()) for spec in make_grid(load_file(grid)).specs()}
-    if cells.empty:
-        mine = cells
-    elif "config" not in cells:
-        raise BenchError(f"--grid {grid}: this source holds no cell configurations (a cells.csv); read the store "
-                         "with --home instead.")
-    else:
-        mine = cells[[isinstance(c, dict) and _apart_from_threads(c) in wanted for c in cells["config"]]]
-    if mine.empty:
-        raise BenchError(f"--grid {grid}: none of its {len(wanted)} cells is in this store; run `bench sweep {grid}` "
-                         "with this --home first, or leave --grid out to report every cell.")
-    return mine
-
-
 def build_report(home: Path | str, out: Path | str | None = None, formats: tuple[str, ...] = FORMATS, *,
                  progress: bool = True, tasks: tuple[str, ...] | None = None,
                  grid: Path | str | None = None) -> Report:
@@ -255,9 +224,7 @@ def build_report(home: Path | str, out: Path | str | None = None, formats: tuple
     ``tasks``: only these tasks' cells (by name); ``grid``: only the cells of that grid file."""
     home = Path(home)
     out = Path(out) if out is not None else home / "report"
-    cells = cells_mod.load(home)
-    if grid is not None:
-        cells = only_grid(cells, grid)
+    cells = cells_mod.load(home, grid=grid)
     if tasks:
         cells = only_tasks(cells, tasks)
     store = str(home / "results.sqlite")

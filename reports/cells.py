@@ -234,9 +234,42 @@ def _sees(channels: str, shortcut: Any) -> bool:
     return not (isinstance(shortcut, (bool, np.bool_)) and bool(shortcut))
 
 
-def load(home: Path | str) -> pd.DataFrame:
-    """The tidy per-cell table of the store at ``home``."""
-    return tidy(open_store(home).dataframe())
+def load(home: Path | str, grid: Path | str | None = None) -> pd.DataFrame:
+    """The tidy per-cell table of the store at ``home``; ``grid``: of that grid file's cells only (filtered before
+    the labels are made, so they name what differs inside the grid, not across the store)."""
+    raw = open_store(home).dataframe()
+    return tidy(only_grid(raw, grid) if grid is not None else raw)
+
+
+def _apart_from_threads(config: dict) -> str:
+    """A cell's configuration without the torch thread counts a sweep fills in (its own, and a shared
+    teacher's): what a grid file names. The device and precision stay."""
+    kept = {k: v for k, v in config.items() if k not in ("numerics", "teacher_threads")}
+    kept["numerics"] = {k: v for k, v in (config.get("numerics") or {}).items() if k != "threads"}
+    return canonical_json(kept)
+
+
+def only_grid(cells: pd.DataFrame, grid: Path | str) -> pd.DataFrame:
+    """The cells of the grid file ``grid``: a store that serves several grids reports one of them alone. A cell
+    belongs to the grid when its configuration is one of the grid's, whatever thread count the sweep that ran
+    it chose (a key holds it, the file does not: ``--n-jobs 2`` runs one thread per job); cells at other
+    thread counts stay apart in the report's groups as ever. Cells a ``--refine`` round added are not in the
+    file. One-line errors for a source without configurations (a cells.csv) and for no match."""
+    from bench.cell import resolve
+    from bench.grid import load_file, make_grid
+
+    wanted = {_apart_from_threads(resolve(spec).config()) for spec in make_grid(load_file(grid)).specs()}
+    if cells.empty:
+        mine = cells
+    elif "config" not in cells:
+        raise BenchError(f"--grid {grid}: this source holds no cell configurations (a cells.csv); read the store "
+                         "with --home instead.")
+    else:
+        mine = cells[[isinstance(c, dict) and _apart_from_threads(c) in wanted for c in cells["config"]]]
+    if mine.empty:
+        raise BenchError(f"--grid {grid}: none of its {len(wanted)} cells is in this store; run `bench sweep {grid}` "
+                         "with this --home first, or leave --grid out to report every cell.")
+    return mine
 
 
 #: columns of the per-cell CSV, in order (the rest of a cell's metrics follow them)

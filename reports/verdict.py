@@ -223,17 +223,20 @@ def verdict_markdown(cells: pd.DataFrame, *, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_cells(home: str | None, csv: str | None) -> tuple[pd.DataFrame, str]:
+def load_cells(home: str | None, csv: str | None, grid: str | None = None) -> tuple[pd.DataFrame, str]:
     from reports import cells as cells_mod
 
     if bool(home) == bool(csv):
         raise BenchError("bench verdict reads one source: --home DIR (a store) or --cells FILE (a report's cells.csv).")
+    if csv and grid:
+        raise BenchError(f"--grid {grid} picks cells by their configurations, which a cells.csv does not hold; read "
+                         "the store with --home instead.")
     if csv:
         if not Path(csv).is_file():
             raise BenchError(f"--cells {csv}: no such file; pass a report's cells.csv (e.g. "
                              "docs/results/claims-v2/cells.csv).")
         return cells_mod.from_csv(csv), csv
-    return cells_mod.load(home), str(Path(home) / "results.sqlite")
+    return cells_mod.load(home, grid=grid), str(Path(home) / "results.sqlite")
 
 
 def replace_section(text: str, section: str, where: str) -> str:

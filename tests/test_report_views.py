@@ -68,7 +68,7 @@ def test_a_report_of_one_grid_keeps_only_that_grids_cells_whatever_their_thread_
     from bench import BenchError
     from bench.cell import resolve
     from bench.grid import load_file, make_grid
-    from reports.build import only_grid
+    from reports.cells import only_grid
 
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({"profile": "smoke", "tasks": ["derain"], "defenses": ["none", "output_noise"],
