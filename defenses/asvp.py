@@ -102,7 +102,13 @@ matrix, no Python loop per matrix and, on a GPU, no host-device synchronisation 
   the teacher, spatial 1.58-1.64x, ``power_iters=1`` 1.43-1.44x, full SVD 3.2-3.4x; the implementation
   before (commit 4c736c5) 1.28x and 2.18x. Issue 30's second pass (the channel layout's single C x C product,
   the fused coherence pass where the bound cannot bind, float32 Gram matrices between power iterations) was
-  measured only under load (load average 5-7 on the 2 cores, 2026-12-02), where 2-thread wall clocks mean
+  measured on the 2 cores with the session's grid paused (SIGSTOP; 2026-12-02; the commit before, 1b87feb,
+  against it, each in its own process, alternating): 2 threads, wall clock, 30 rounds, twice: channel
+  1.245-1.252x -> 1.211-1.222x, spatial 1.752-1.774x -> 1.707-1.727x (teacher ~50 ms); 1 thread, CPU time, 15
+  rounds: channel 1.217-1.227x -> 1.188x, spatial 1.575-1.620x -> 1.567-1.570x. These 2-thread ratios sit
+  above the 1.19x / 1.58-1.64x measured idle on 2026-12-01 for the code before, on the same command: a
+  machine-to-machine difference not explained. First measured under load (load average 5-7), where 2-thread
+  wall clocks mean
   nothing (the teacher's median swung 400-520 ms against ~70 idle): with 1 thread and process CPU time, which
   load distorts far less (it gave 1.20x / 1.60x for the code before, close to the idle 2-thread figures), 15
   interleaved rounds, each tree in its own process: channel 1.20-1.21x -> 1.17-1.19x, spatial 1.58-1.62x ->
