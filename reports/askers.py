@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from reports.leaderboard import pair_values
 from reports.stats import Estimate, teacher_unit_of, unit_ci
 
 
@@ -37,10 +38,6 @@ class WhoPays:
     profile: str
     task: str
     rows: tuple[Payer, ...]
-
-
-def _samples(g: pd.DataFrame, col: str) -> dict[tuple[int, int], float]:
-    return {(int(t), int(s)): float(v) for t, s, v in zip(g["teacher_seed"], g["seed"], g[col]) if pd.notna(v)}
 
 
 def who_pays(cells: pd.DataFrame) -> list[WhoPays]:
@@ -61,8 +58,8 @@ def who_pays(cells: pd.DataFrame) -> list[WhoPays]:
             first = c.iloc[0]
             name = first["defense_label"] + (f" @ {first['budget_db']:g} dB (calib)" if first["calibrated"] else "")
             rows.append(Payer(defense=name,
-                              test_users=unit_ci(_samples(c, "teacher_drop_db"), unit=teacher_unit_of),
-                              attacker=unit_ci(_samples(c, "attacker_query_drop_db"), unit=teacher_unit_of),
+                              test_users=unit_ci(pair_values(c, "teacher_drop_db"), unit=teacher_unit_of),
+                              attacker=unit_ci(pair_values(c, "attacker_query_drop_db"), unit=teacher_unit_of),
                               teacher_seeds=tuple(sorted({int(t) for t in c["teacher_seed"]}))))
         rows.sort(key=lambda r: r.defense)
         out.append(WhoPays(profile=str(profile), task=str(task), rows=tuple(rows)))

@@ -58,9 +58,11 @@ def _label(attack: str, rest: str, varying: set[str]) -> str:
 
 
 def _estimate(g: pd.DataFrame, column: str) -> Estimate:
-    from reports.leaderboard import _values  # the leaderboard's (teacher seed, student seed) samples, one definition
+    from reports.leaderboard import (
+        pair_values,  # the leaderboard's (teacher seed, student seed) samples, one definition
+    )
 
-    return unit_ci(_values(g, column))
+    return unit_ci(pair_values(g, column))
 
 
 def budget_families(cells: pd.DataFrame) -> list[BudgetFamily]:

@@ -181,7 +181,8 @@ def _pair(t: object, s: object) -> Pair:
     return (0 if t is None or pd.isna(t) else int(t), int(s))
 
 
-def _values(g: pd.DataFrame, column: str) -> dict[Pair, float]:
+def pair_values(g: pd.DataFrame, column: str) -> dict[Pair, float]:
+    """The finite values of ``column`` keyed by (teacher seed, student seed): the one definition of a sample."""
     if column not in g:
         return {}
     return {_pair(t, s): float(v) for t, s, v in zip(g["teacher_seed"], g["seed"], g[column]) if not pd.isna(v)}
@@ -233,7 +234,7 @@ def _mde(grp: pd.DataFrame) -> tuple[float, int]:
     replicated baseline the floor's own drop is half that difference)."""
     floor = grp[grp["defense"] == FLOOR_DEFENSE]
     column = "student_drop_ref_only_db" if "student_drop_ref_only_db" in floor else "student_drop_db"
-    return minimum_detectable_effect(_values(floor, column)) if len(floor) else (math.nan, 0)
+    return minimum_detectable_effect(pair_values(floor, column)) if len(floor) else (math.nan, 0)
 
 
 def replicated_drops(grp: pd.DataFrame) -> tuple[pd.DataFrame, dict[Pair, float], bool]:
@@ -355,14 +356,14 @@ def _config_rows(grp: pd.DataFrame, failed: pd.DataFrame, group: str) -> list[Ro
             sees=bool(g["attack_sees_defense"].all()), group=group,
             budget_db=None if pd.isna(budget) else float(budget),
             # what honest users pay depends on the teacher seed alone: its interval is over teacher seeds
-            teacher=unit_ci(_values(g, "teacher_drop_db"), unit=teacher_unit_of),
-            student=unit_ci(_values(g, "student_drop_db")), ssim=unit_ci(_values(g, "student_ssim_drop_pct")),
-            worst=unit_ci(_values(g, "worst_teacher_drop_db"), unit=teacher_unit_of),
-            fidelity=unit_ci(_values(g, "served_fidelity_db"), unit=teacher_unit_of),
+            teacher=unit_ci(pair_values(g, "teacher_drop_db"), unit=teacher_unit_of),
+            student=unit_ci(pair_values(g, "student_drop_db")), ssim=unit_ci(pair_values(g, "student_ssim_drop_pct")),
+            worst=unit_ci(pair_values(g, "worst_teacher_drop_db"), unit=teacher_unit_of),
+            fidelity=unit_ci(pair_values(g, "served_fidelity_db"), unit=teacher_unit_of),
             pairs=sorted(_pair(t, s) for t, s in zip(g["teacher_seed"], g["seed"])),
             config_id=config_id, family_id=g["family_id"].iloc[0], defense_base=g["defense_base"].iloc[0],
             failed=int((failed["config_id"] == config_id).sum()), floor=is_floor,
-            samples=_values(g, "student_drop_db"),
+            samples=pair_values(g, "student_drop_db"),
         )
         if row.budget_db is not None and row.teacher.n and transfer_warning(row.budget_db, row.teacher.mean):
             row.flags += TRANSFER
@@ -377,8 +378,8 @@ def _set_trace(row: Row, g: pd.DataFrame) -> None:
     from bench.api import TRACE_ALPHA
 
     row.traced = (int(g["traced"].astype(bool).sum()), len(g))
-    row.trace_z = unit_ci(_values(g, "trace_z"))
-    clean = [v for who in ("_ref", "_gt") for v in _values(g, f"trace_p{who}").values()]
+    row.trace_z = unit_ci(pair_values(g, "trace_z"))
+    clean = [v for who in ("_ref", "_gt") for v in pair_values(g, f"trace_p{who}").values()]
     row.clean_flagged = (sum(p < TRACE_ALPHA for p in clean), len(clean))
 
 
