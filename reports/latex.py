@@ -83,7 +83,8 @@ def table_latex(table: Table) -> str:
         r"cannot be separated share a rank. Acts on: the channel the defense changes (ans.: every user's answers; "
         r"feat.: the features exposed to feature-level attackers)."
         + (r" Traced: seed pairs whose stolen student the owner's detector flags at a 1\,\% false-positive "
-           r"rate, the detection $z$, and the clean students (reference, ground truth) flagged; -- where the "
+           r"rate, the detection $z$, and the clean students (reference, ground truth) flagged, on how many "
+           r"keys (the rate is one over keys: at one key the clean students' $z$ nearly coincide); -- where the "
            r"defense does not trace." if tracing else "") + "}",
         f"  \\label{{tab:leaderboard-{_slug(table.task)}-{_slug(table.attack)}-{_slug(table.profile)}}}",
         r"  \begin{tabular}{rllrrrrlrr" + ("l" if tracing else "") + "}",

@@ -71,8 +71,11 @@ TRACE_HEADER = "Traced (1 % FPR)"
 TRACE_NOTE = ("Traced (1 % FPR): for a defense that marks its answers (a watermark), the seed pairs whose stolen "
               "student carries the mark at a 1 % false-positive rate (trace_p < 0.01: the owner's key against a "
               "null of wrong keys), the mean z of those students, and how many clean students (the reference and "
-              "ground-truth students, which never saw the mark) the same test flags; – for defenses that do not "
-              "trace and for matched-cost rows (a verdict is not read off a curve).")
+              "ground-truth students, which never saw the mark) the same test flags, on how many of the keys (a "
+              "cell's key follows its student seed). The 1 % is a rate over keys: at one key every clean student "
+              "gets nearly the same z (they share the direction in which any student departs from the teacher), "
+              "so a key that flags one clean student flags most, and the keys are the independent units; – for "
+              "defenses that do not trace and for matched-cost rows (a verdict is not read off a curve).")
 
 Pair = tuple[int, int]  # (teacher seed, student seed)
 
@@ -112,10 +115,12 @@ class Row:
     #: the matched cost on some pairs only)
     flags: str = ""
     #: a tracing defense's row (trace_* metrics): (pairs whose stolen student was traced, pairs), the z of
-    #: those students, (clean students flagged, clean students); None where the defense does not trace
+    #: those students, (clean students flagged, clean students), (keys with a clean student flagged, keys);
+    #: None where the defense does not trace
     traced: tuple[int, int] | None = None
     trace_z: Estimate = field(default_factory=lambda: Estimate(math.nan, None, 0))
     clean_flagged: tuple[int, int] = (0, 0)
+    clean_keys: tuple[int, int] = (0, 0)
 
     @property
     def seeds(self) -> list[int]:
@@ -379,16 +384,21 @@ def _set_trace(row: Row, g: pd.DataFrame) -> None:
 
     row.traced = (int(g["traced"].astype(bool).sum()), len(g))
     row.trace_z = unit_ci(pair_values(g, "trace_z"))
-    clean = [v for who in ("_ref", "_gt") for v in pair_values(g, f"trace_p{who}").values()]
-    row.clean_flagged = (sum(p < TRACE_ALPHA for p in clean), len(clean))
+    clean = {(who, pair): v for who in ("_ref", "_gt") for pair, v in pair_values(g, f"trace_p{who}").items()}
+    row.clean_flagged = (sum(p < TRACE_ALPHA for p in clean.values()), len(clean))
+    # the key follows the defense seed, the cell's student seed (defenses/watermark.py): the keys are the units
+    keys = {pair[1] for _, pair in clean}
+    flagged_keys = {pair[1] for (_, pair), p in clean.items() if p < TRACE_ALPHA}
+    row.clean_keys = (len(flagged_keys), len(keys))
 
 
 def trace_cell(row: Row) -> str:
-    """The traceability column's text: 'traced/pairs · z mean ± ci · clean flagged/clean', or '–'."""
+    """The traceability column's text: 'traced/pairs · z mean ± ci · clean flagged/clean (keys flagged/keys)',
+    or '–'."""
     if row.traced is None:
         return "–"
     return (f"{row.traced[0]}/{row.traced[1]} · z {format_estimate(row.trace_z, 1)} · clean "
-            f"{row.clean_flagged[0]}/{row.clean_flagged[1]}")
+            f"{row.clean_flagged[0]}/{row.clean_flagged[1]} ({row.clean_keys[0]}/{row.clean_keys[1]} keys)")
 
 
 def _copy_floor(floor: list[Row], group: str) -> list[Row]:
