@@ -48,22 +48,26 @@ matrix, no Python loop per matrix and, on a GPU, no host-device synchronisation 
 
 - Both layouts are one batch of matrices A (B, m, n) (channel: the N samples' C x HW matrices; spatial: the
   N * C channels' H x W matrices, shorter side as rows) and every step is one batched product over it. The
-  perturbation is a rank-r factorisation dA = L @ R whose r is fixed by the parameters (``k`` in fixed mode,
-  ``k_max`` in energy mode, capped by the rank), never by the data: the adaptive k weights the directions
-  beyond each matrix's k by 0. So no shape and no branch depends on the features, and the forward could be
-  captured or compiled, except for ``torch.linalg.eigh``: it checks LAPACK's error codes on the host (one
-  synchronisation per perturbed layer on a GPU; torch has no unchecked variant), and bench/serving.py's
-  check of every output (``bool(torch.isfinite(out).all())``) synchronises too. The price of fixed shapes
-  on a CPU: the spatial layout's products with r = 16 rows where k is 1-16 (the channel layout's C x C
-  product costs the same whatever r is). Large products run in the features' dtype (float32, or float64; half types are
+  perturbation is a rank-r factorisation dA = L @ R whose r, on a GPU, is fixed by the parameters (``k`` in
+  fixed mode, ``k_max`` in energy mode, capped by the rank), never by the data: the adaptive k weights the
+  directions beyond each matrix's k by 0. So no shape and no branch depends on the features there, and the
+  forward could be captured or compiled, except for ``torch.linalg.eigh``: it checks LAPACK's error codes on
+  the host (one synchronisation per perturbed layer on a GPU; torch has no unchecked variant), and
+  bench/serving.py's check of every output (one reduction read back) synchronises too. On a CPU, where a host
+  read costs nothing, r is the largest k of the batch (``_trims_rank``): the dropped directions have weight 0,
+  so the answer is the same (``tests/test_asvp.py``), and the factors are k rows thin instead of 16. Large products
+  run in the features' dtype (float32, or float64; half types are
   decomposed in float32), l x l work in float64.
 - ``channel``: with F the C x HW matrix and U_k the top-k eigenvectors of the C x C Gram matrix F F^T
   (accumulated in the features' dtype, decomposed in float64 by ``torch.linalg.eigh``), amplifying the
   top-k singular values is dF = (h - 1) U_k U_k^T F: same singular vectors, top-k singular values times
   h. The eigenvalues are the squared singular values, so the energy rule for k costs nothing extra.
-  dF = P F with the C x C matrix P = U_r W U_r^T (formed in float64): one product with F (as many flops as
-  the two with r = 16 rows, W U_r^T F then U_r times it, and one pass over the map fewer), then the coherence
-  step below. Exact: 0.0 % from the full SVD on the quick derain teachers and on the quick underwater
+  dF = U_r R with R = W U_r^T F (r x HW, thin: r is the batch's largest k on a CPU, 1-5 on trained teachers).
+  Where the coherence bound cannot bind (the defaults; below) the mask scales F's columns, so it folds into R,
+  and the answer F + U_r (R * mask) is one GEMM that reads F and writes the answer, with no dF map at all
+  (issue 30's third pass: against the earlier C x C product P F and a separate masked sum, 4.8 -> 2.7 ms per
+  32 x 256 x 256 map, 1 thread, CPU time, under load). Exact: 0.0 % from the full SVD on the quick derain teachers
+  and on the quick underwater
   teachers of ``grids/claims-v3.yaml`` (teacher seeds 1 and 2, 8 test images).
 - ``spatial``: a randomized low-rank SVD (Halko, Martinsson, Tropp 2011) of each matrix: a Gaussian test
   matrix with l = ``k + oversample`` columns (``k_max + oversample`` in energy mode), ``power_iters``
@@ -92,38 +96,33 @@ matrix, no Python loop per matrix and, on a GPU, no host-device synchronisation 
   quick underwater teachers of ``grids/claims-v3.yaml`` (teacher seeds 1 and 2, 8 test images): 0.40 % /
   0.38 % (max 1.6 %), before and after issue 30's second pass alike.
 - Coherence: the mask costs two passes over F (sum over channels of F^2, then the separable box mean on
-  the small energy map). Both layouts then finish alike: where the bound cannot bind, which the parameters
-  decide (|h - 1| <= rho: the mask lies in [0, 1] and ||dF|| <= |h - 1| ||F||; the defaults), the answer
-  is one fused pass F + mask * dF written over dF; where it can, dF is masked, its norm taken (no branch on
-  the data) and F + s * mask * dF written.
-- Speed (tests/test_bench_asvp.py, ``pytest tests/test_bench_asvp.py --benchmark-only -s -k paired``;
-  RestorationCNN(32, 4), 1x3x256x256, 2 threads, 15 interleaved rounds, median of per-round ratios). On an
-  idle 2-core machine (load average 0.5-0.7, 2026-12-01, commit f066024 against its parent): channel 1.19x
-  the teacher, spatial 1.58-1.64x, ``power_iters=1`` 1.43-1.44x, full SVD 3.2-3.4x; the implementation
-  before (commit 4c736c5) 1.28x and 2.18x. Issue 30's second pass (the channel layout's single C x C product,
-  the fused coherence pass where the bound cannot bind, float32 Gram matrices between power iterations) was
-  measured on the 2 cores with the session's grid paused (SIGSTOP; 2026-12-02; the commit before, 1b87feb,
-  against it, each in its own process, alternating): 2 threads, wall clock, 30 rounds, twice: channel
-  1.245-1.252x -> 1.211-1.222x, spatial 1.752-1.774x -> 1.707-1.727x (teacher ~50 ms); 1 thread, CPU time, 15
-  rounds: channel 1.217-1.227x -> 1.188x, spatial 1.575-1.620x -> 1.567-1.570x. These 2-thread ratios sit
-  above the 1.19x / 1.58-1.64x measured idle on 2026-12-01 for the code before, on the same command: a
-  machine-to-machine difference not explained. First measured under load (load average 5-7), where 2-thread
-  wall clocks mean
-  nothing (the teacher's median swung 400-520 ms against ~70 idle): with 1 thread and process CPU time, which
-  load distorts far less (it gave 1.20x / 1.60x for the code before, close to the idle 2-thread figures), 15
-  interleaved rounds, each tree in its own process: channel 1.20-1.21x -> 1.17-1.19x, spatial 1.58-1.62x ->
-  1.52-1.56x; per perturbed 32 x 256 x 256 map alone (1 thread, CPU time) channel 7.7 -> 6.9 ms, spatial
-  24.5-26.5 -> 22.3-25.2 ms. Where the rest goes (1 thread, each op alone): channel, the Gram matrix 2.1 ms
-  (MKL reaches ~60 GFLOP/s on this 32 x 65,536 shape, twice that on the transposed layout, but a transposed
-  copy costs more than it saves), the energy map 1.0, P F and the fused answer 1.6; spatial, the 8 products
-  with A 7.9, the 32 eigen-decompositions of 32 x 32 1.9 (one LAPACK call per matrix, serial whatever the
-  thread count), 4 Cholesky-QRs ~2, energy map 1.0, dF 0.6, answer 0.6; then the served model's own cost of
-  a perturbed layer (an identity defense that clones costs 1.05x). So issue 30's targets (channel <= 1.10x,
-  spatial <= 1.30x on an idle 2-core CPU) are not met: with these ops the channel layout's floor is about
-  1.15x, and the spatial layout's products and eigen-decompositions alone cost about 1.25x. On CUDA
-  ``torch.linalg.eigh`` checks its LAPACK error codes on the host, so the forward synchronises there once per
-  decomposition (the CUDA tests stub it out, and bench/serving.py's finiteness check, to check that nothing
-  else does; they have not run on a GPU: none was lent).
+  the small energy map). Where the bound cannot bind, which the parameters decide (|h - 1| <= rho: the mask
+  lies in [0, 1] and ||dF|| <= |h - 1| ||F||; the defaults), the channel layout's answer is the one GEMM
+  above and the spatial layout's one fused pass F + mask * dF written over dF; where it can, dF is masked,
+  its norm taken (no branch on the data) and F + s * mask * dF written.
+- Speed (``pytest tests/test_bench_asvp.py --benchmark-only -s -k paired``; RestorationCNN(32, 4),
+  1x3x256x256, interleaved rounds, median of per-round ratios to the teacher). Issue 30's third pass (on a CPU
+  the factors k rows thin; the channel answer one GEMM), measured 2026-12-02 on the 2 cores with the session's
+  grid paused (SIGSTOP), the commit before against it, each in its own process (a script timing the
+  benchmark's served forwards the same way), alternating, twice: 2 threads,
+  wall clock, 30 rounds: **channel 1.28-1.29x -> 1.15x**, spatial 1.78-1.81x -> 1.70-1.77x (teacher 69-76 ms;
+  the spatial layout is unchanged but for its thinner last products, inside the noise); 1 thread, CPU time,
+  15 rounds: channel 1.15x -> 1.09x, spatial 1.58x -> 1.62x. The passes before: 1.28x / 2.18x (commit
+  4c736c5) -> 1.19x / 1.58-1.64x (f066024, idle, 2026-12-01) -> 1.22x / 1.72x (the second pass, grid paused;
+  the same command reads higher on this machine than on 2026-12-01's). So issue 30's targets (channel
+  <= 1.10x, spatial <= 1.30x, 2 threads, idle) are not met. Channel: per perturbed 32 x 256 x 256 map (2
+  threads, CPU time over both) the Gram matrix and the thin product take 2.5 ms, the energy map 1.5, copies
+  0.9 (baddbmm copies F into its output), eigh 0.25; the rest of the 1.15x is the served model's own cost
+  of a hooked layer (an identity defense that clones costs 1.05x). Spatial: its 8 products with A (32
+  matrices of 256 x 256 times 32 columns) run at ~40 GFLOP/s (1 thread) and are ~26 of its ~45 ms per map
+  (1 thread, under load); fewer columns barely help (16 columns 2.7 ms a product against 3.4 for 32), and
+  grouping channels so a group stays in cache gained nothing (39 against 38-47 ms). 1.30x leaves room for
+  about 4 products, i.e. ``power_iters=1``, which is 3.3-4.8 % off the full SVD on the quick derain
+  teachers (seeds 0 and 1, re-measured in this pass with ``docs/results/asvp-v3/accuracy.py``:
+  ``power_iters`` 2: 1.4-1.7 % mean, max 6.7 %; 3, the default: 0.7 %, max 3.1 %; the channel layout 0.0 %).
+  On CUDA ``torch.linalg.eigh`` checks its LAPACK error codes on the host, so the forward synchronises there
+  once per decomposition (the CUDA tests stub it out, and bench/serving.py's finiteness check, to check that
+  nothing else does; they have not run on a GPU: none was lent).
 - ``use_reference`` (tests and benchmarks only): a full ``torch.linalg.svd`` per matrix instead.
 
 ASVP draws no randomness, so it is deterministic per input, as DESIGN section 2 requires.
@@ -198,8 +197,9 @@ class Params:
 # - exact path: U = eigenvectors of A A^T (descending), L = U_r, R = W U_r^T A;
 # - randomized path: A ~ Q Bm with Q (B, m, l) orthonormal, U = eigenvectors of Bm Bm^T,
 #   L = Q U_r, R = W U_r^T Bm;
-# where W = diag(w), w_i = h - 1 for the top k_b directions of matrix b and 0 for the rest. r is fixed by the
-# parameters (k, or k_max in energy mode, capped by the rank), never by the data: no shape depends on k.
+# where W = diag(w), w_i = h - 1 for the top k_b directions of matrix b and 0 for the rest. On a GPU r is fixed
+# by the parameters (k, or k_max in energy mode, capped by the rank), never by the data: no shape depends on k;
+# on a CPU it is the batch's largest k (_trims_rank).
 # The eigenvalues are the squared singular values of A (the top l of them, randomized).
 
 _TEST_MATRIX_SEED = 0x5A5F
@@ -305,6 +305,11 @@ def _per_matrix_k(k: torch.Tensor, features: torch.Tensor, layout: str) -> torch
     return kt.expand(n, c).reshape(-1).clone()
 
 
+def _trims_rank(device: torch.device) -> bool:
+    """Whether the rank of the factors may follow the data (a host read): on a CPU only, where it costs nothing."""
+    return device.type == "cpu"
+
+
 def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | None, h: float, *,
                   tau: float = 1.0, k_max: int = 1, oversample: int = 8, power_iters: int = 1):
     """(mats, transposed, L, R, total): the perturbation of every matrix as L @ R, and ||A||^2.
@@ -327,10 +332,13 @@ def _fast_factors(features: torch.Tensor, layout: str, k: int | torch.Tensor | N
     w = torch.full_like(u_r[:, 0], h - 1.0)
     if kt is not None:
         w = w * (torch.arange(r, device=u.device) < kt.unsqueeze(-1))
-    if q is None and layout == "channel":
-        # dA = P A with the C x C matrix P = U_r W U_r^T (float64, then the features' dtype): one product with
-        # A, as cheap as the two with r rows (R = W U_r^T A, then U_r R) and one pass fewer over the map
-        return mats, transposed, ((u_r * w.unsqueeze(-2)) @ u_r.mT).to(mats.dtype), mats, total
+        if _trims_rank(u.device):
+            # on a CPU a host read is free: drop the directions no matrix of the batch amplifies (their w is 0,
+            # so the answer is the same), which makes the two products below k rows thin instead of r (the
+            # energy rule's k is 1-5 on trained teachers' channel matrices against r = 16). On a GPU r stays
+            # fixed by the parameters: no shape there depends on the data.
+            r = int(kt.max())
+            u_r, w = u_r[..., :r], w[..., :r]
     right = (u_r * w.unsqueeze(-2)).mT.to(bm.dtype) @ bm
     u_r = u_r.to(bm.dtype)
     return mats, transposed, (u_r if q is None else q @ u_r), right, total
@@ -466,7 +474,13 @@ def perturb(features: torch.Tensor, p: Params) -> torch.Tensor:
     mats, transposed, left, right, total = _fast_factors(
         f, p.layout, k, p.h, tau=p.tau, k_max=p.k_max, oversample=p.oversample, power_iters=p.power_iters)
     total = total.view(n, -1).sum(1)
-    # dF straight in (N, C, H, W) order (channel: P @ A; spatial: L @ R, for transposed matrices R^T L^T)
+    if p.layout == "channel" and not (p.coherence and _bound_can_bind(p)):
+        # F + mask * (L R) = F + L (R * mask): the mask scales the columns of the C x HW matrix, so it folds into
+        # the thin R, and the answer is one GEMM that reads F once and writes the answer (no dF map at all)
+        if p.coherence:
+            right = right * coherence_mask(f, p.window).view(n, 1, -1)
+        return torch.baddbmm(mats, left, right).view(f.shape).to(dtype)
+    # dF straight in (N, C, H, W) order (L @ R; for transposed matrices R^T L^T)
     delta = (right.mT @ left.mT if transposed else left @ right).view(f.shape)
     return _coherent(f, delta, total, p).to(dtype)
 

@@ -189,6 +189,29 @@ def test_coherence_fused_channel_path_matches_generic():
         assert rel(fast - f, ref - f) < 1e-4
 
 
+@pytest.mark.parametrize("layout", ["channel", "spatial"])
+def test_dropping_the_directions_no_matrix_amplifies_changes_no_answer(monkeypatch, layout):
+    """On a CPU the factors keep only the directions some matrix of the batch amplifies (the largest adaptive
+    k, a host read); a GPU keeps the parameters' fixed rank. Both give the same answer, on a batch whose
+    samples have different k, and the channel layout's one-GEMM answer (the mask folded into the thin factor,
+    the defaults: the bound cannot bind) equals the full SVD's."""
+    import defenses.asvp as asvp
+
+    g = torch.Generator().manual_seed(3)
+    # sample 0 is rank one in both layouts (one channel mixture of one rank-one map); sample 1 is noise
+    rank_one = torch.randn(16, 1, 1, generator=g) * (torch.randn(24, 1, generator=g) @ torch.randn(1, 28, generator=g))
+    f = torch.stack([rank_one + 1e-3 * torch.randn(16, 24, 28, generator=g), torch.randn(16, 24, 28, generator=g)])
+    p = make(layout=layout).params
+    assert len(set(asvp.energy_k(f, p.tau, p.k_max, layout).flatten().tolist())) > 1  # k differs in the batch
+    trimmed = perturb(f, p)
+    monkeypatch.setattr(asvp, "_trims_rank", lambda device: False)
+    fixed = perturb(f, p)
+    assert float((trimmed - fixed).abs().max()) < 1e-5 * float(f.abs().max())
+    if layout == "channel":
+        ref = perturb(f, make(layout=layout, use_reference=True).params)
+        assert rel(trimmed - f, ref - f) < 1e-4
+
+
 @pytest.mark.parametrize("h", [1.4, 0.7])
 def test_coherence_unbound_spatial_path_is_one_fused_pass_with_the_same_answer(h):
     """Where |h - 1| <= rho the bound cannot bind: F + mask * dF directly, equal to the reference
