@@ -55,6 +55,16 @@ Design, every choice:
   through ``n`` independent pixels; and ``z`` is bounded by about ``sqrt(d)`` (8.5), reached by a perfect
   copy of the mark. The clean students of every cell (the reference and the ground-truth student) measure
   the false-positive rate on top (row metrics ``trace_z_ref``, ``trace_z_gt``).
+- **The false-positive rate is one over keys, not over suspects.** Clean students depart from the teacher
+  in nearly one direction (they smooth alike), so at one key their z nearly coincide, and an owner whose
+  key happens to lean towards that direction flags most independent models. Measured on smoke derain cells
+  (300 steps, 64 queries, teacher seed 0; a script under ``/tmp``, not committed): 40 keys x 40 reference
+  students, z spreads 0.74 over keys and 0.07 over students at one key; 400 keys on one reference student
+  give z mean -0.09, sd 0.95, 0.5 % past the 1 % threshold (the null holds over keys). Taking the owner's
+  own clean surrogate's filter out of the suspect's first removes little of it (spread over keys 0.72; the
+  reference and the ground-truth student both, 0.51), so the detector is left as it is and the report counts
+  the keys (``reports/leaderboard.py``; underwater, claims-baselines: "clean 3/30 (1/5 keys)"); measuring
+  the rate over clean models needs many keys, i.e. many student seeds.
 - **Cost**: the fit accumulates ``3 * size^2`` neighbourhood sums once over the probes; every key then costs a
   dot product, so a thousand wrong keys are free.
 """
