@@ -398,7 +398,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
-    report = build_report(_home(args), args.out, formats, progress=True, tasks=tasks, grid=args.grid)
+    if args.cells and (args.home or args.grid):
+        raise BenchError("bench report reads one source: --home DIR (a store, with --grid) or --cells FILE "
+                         "(reports' cells.csv, repeatable).")
+    for one in args.cells or ():
+        if not Path(one).is_file():
+            raise BenchError(f"--cells {one}: no such file; pass a report's cells.csv (e.g. "
+                             "docs/results/claims-v2/cells.csv).")
+    home = None if args.cells else _home(args)
+    report = build_report(home, args.out, formats, progress=True, tasks=tasks, grid=args.grid,
+                          csv_files=args.cells or ())
     for message in report.messages:
         print(f"note: {message}", file=sys.stderr)
     print(f"report in {report.out}: " + ", ".join(str(p.relative_to(report.out)) for p in report.files))
@@ -523,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "finished part of a grid that is still running")
     p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file (a store that serves several "
                                                   "grids, e.g. runs/claims-v3, reports one of them)")
+    p.add_argument("--cells", metavar="FILE", action="append",
+                   help="committed reports' cells.csv instead of a store (repeat it: a grid committed in slices, "
+                        "one per session, reads as one table); needs --out; no visual grids (no sample images)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("verdict", help="the ASVP paper's claims judged per task (README section, verdict.md)",
@@ -531,8 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Markdown; --readme FILE rewrites FILE's section between the verdict markers.",
                        formatter_class=DefaultsOnceFormatter)
     p.add_argument("--home", help="a store (a claims grid's)")
-    p.add_argument("--cells", metavar="FILE", help="a report's cells.csv instead of a store, e.g. "
-                                                   "docs/results/claims-v2/cells.csv")
+    p.add_argument("--cells", metavar="FILE", action="append",
+                   help="a report's cells.csv instead of a store, e.g. docs/results/claims-v2/cells.csv; repeat it "
+                        "to read several as one table (a grid committed in slices)")
     p.add_argument("--tasks", help="comma-separated tasks (default: every task)")
     p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file")
     p.add_argument("--out", metavar="FILE", help="also write the verdict to FILE (e.g. a report's verdict.md)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def _slug(*parts: str) -> str:
     return f"{name[:SLUG_MAX - 13]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
-def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: bool = True) -> tuple[
+def figures(home: Path | None, cells: pd.DataFrame, tables: list[Table], *, progress: bool = True) -> tuple[
         list[Figure], list[str]]:
     """Trade-off and bar plot per (profile, task), visual grid per (profile, task, attack), and a budget curve
     per query-budget sweep (:mod:`reports.budget`)."""
@@ -174,6 +175,9 @@ def figures(home: Path, cells: pd.DataFrame, tables: list[Table], *, progress: b
             caption = (f"{task}, profile {profile}: student PSNR drop per defense and attack, best defense on "
                        "top, each labelled with its teacher cost on test; the title says what the error bars are "
                        "(none with one seed pair).")
+        elif home is None:  # read from cells.csv: the sample images are in the store
+            notes.append(f"{title}: no visual grid (it shows the store's sample images; a cells.csv has none).")
+            continue
         else:
             chosen = grid_mod.chosen_cells(table, g)
             notes += grid_mod.missing_images(home, chosen, title)
@@ -217,17 +221,23 @@ def only_tasks(cells: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFrame:
     return cells[cells["task"].isin(tasks)]
 
 
-def build_report(home: Path | str, out: Path | str | None = None, formats: tuple[str, ...] = FORMATS, *,
+def build_report(home: Path | str | None, out: Path | str | None = None, formats: tuple[str, ...] = FORMATS, *,
                  progress: bool = True, tasks: tuple[str, ...] | None = None,
-                 grid: Path | str | None = None) -> Report:
+                 grid: Path | str | None = None, csv_files: Sequence[Path | str] = ()) -> Report:
     """Read the store at ``home`` and write the report in ``formats`` to ``out`` (default ``<home>/report``);
-    ``tasks``: only these tasks' cells (by name); ``grid``: only the cells of that grid file."""
-    home = Path(home)
-    out = Path(out) if out is not None else home / "report"
-    cells = cells_mod.load(home, grid=grid)
+    ``tasks``: only these tasks' cells (by name); ``grid``: only the cells of that grid file. With ``csv_files``
+    instead of a store (``home`` None): committed reports' cells.csv, read as one table (a grid committed in
+    slices); the figures that need the store's sample images are left out, with a note."""
+    if csv_files:
+        if out is None:
+            raise BenchError("bench report --cells needs --out DIR (there is no store to write the report into).")
+        cells, store = cells_mod.from_csv(csv_files), ", ".join(str(f) for f in csv_files)
+    else:
+        home = Path(home) if home is not None else Path("runs")
+        cells, store = cells_mod.load(home, grid=grid), str(home / "results.sqlite")
+    out = Path(out) if out is not None else Path(home) / "report"
     if tasks:
         cells = only_tasks(cells, tasks)
-    store = str(home / "results.sqlite")
     tables = leaderboard.build_tables(cells)
     failed = cells[cells["status"] != "done"] if not cells.empty else cells
     n_done = int((cells["status"] == "done").sum()) if not cells.empty else 0

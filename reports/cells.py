@@ -19,6 +19,8 @@ Reads ``<home>/results.sqlite`` through :meth:`bench.store.Store.dataframe` and 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,11 +316,42 @@ def spreadsheet_safe(value: Any) -> Any:
         return "'" + value
 
 
-def from_csv(path: Path | str) -> pd.DataFrame:
+def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
     """The tidy per-cell table of a report's ``cells.csv`` (as :func:`csv_frame` wrote it), so that a committed
-    report can be re-read without its store (``bench verdict --cells``). Each row becomes the store row it was
-    made from (its config rebuilt from the task, defense and attack parameters, its numerics and the teacher
-    it shared) and goes through :func:`tidy`, so ids and labels are made by the same code as from a store."""
+    report can be re-read without its store (``bench verdict --cells``, ``bench report --cells``). Each row
+    becomes the store row it was made from (its config rebuilt from the task, defense and attack parameters, its
+    numerics and the teacher it shared) and goes through :func:`tidy`, so ids and labels are made by the same
+    code as from a store.
+
+    Several files (a grid committed in slices, one per session, or two grids that share cells) are read as one
+    table: a cell (a key) in more than one file is kept once, and must have the same results in each (a key
+    names its configuration and code, so different results mean files from different stores that disagree)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    rows: dict[str, dict[str, Any]] = {}
+    where: dict[str, Path | str] = {}
+    for one in paths:
+        for row in _csv_rows(one):
+            key = row["key"]
+            if key in rows:
+                if _results(rows[key]) != _results(row):
+                    raise BenchError(f"cell {key} is in {where[key]} and in {one} with different results; read "
+                                     "files from one store (or drop one of them).")
+                continue
+            rows[key], where[key] = row, one
+    return tidy(pd.DataFrame(list(rows.values())))
+
+
+def _results(row: dict[str, Any]) -> tuple:
+    """What two copies of a cell must agree on: its status and scores."""
+    def same(v: Any) -> Any:
+        return None if isinstance(v, float) and math.isnan(v) else round(v, 6) if isinstance(v, float) else v
+
+    return tuple(same(row.get(k)) for k in ("status", "teacher_psnr", "served_psnr", "student_psnr",
+                                            "student_ref_psnr", "student_gt_psnr"))
+
+
+def _csv_rows(path: Path | str) -> list[dict[str, Any]]:
+    """The store rows of one cells.csv (see :func:`from_csv`)."""
     try:
         frame = pd.read_csv(path, keep_default_na=True)
     except (OSError, pd.errors.ParserError) as exc:
@@ -356,7 +389,7 @@ def from_csv(path: Path | str) -> pd.DataFrame:
                      "defense": rec["defense"], "attack": rec["attack"], "seed": int(rec["seed"]),
                      "profile": rec.get("profile") or "quick", "budget": config["budget_db"], **metrics,
                      "config": config})
-    return tidy(pd.DataFrame(rows))
+    return rows
 
 
 def to_csv(cells: pd.DataFrame, path: Path) -> None:

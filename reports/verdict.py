@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -223,19 +224,23 @@ def verdict_markdown(cells: pd.DataFrame, *, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_cells(home: str | None, csv: str | None, grid: str | None = None) -> tuple[pd.DataFrame, str]:
+def load_cells(home: str | None, csv: str | Sequence[str] | None, grid: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The cells of a store, or of one or more reports' cells.csv (read as one table), and a name for them."""
     from reports import cells as cells_mod
 
-    if bool(home) == bool(csv):
-        raise BenchError("bench verdict reads one source: --home DIR (a store) or --cells FILE (a report's cells.csv).")
-    if csv and grid:
+    files = [csv] if isinstance(csv, str) else list(csv or [])
+    if bool(home) == bool(files):
+        raise BenchError("bench verdict reads one source: --home DIR (a store) or --cells FILE (a report's cells.csv; "
+                         "repeat it for a grid committed in slices).")
+    if files and grid:
         raise BenchError(f"--grid {grid} picks cells by their configurations, which a cells.csv does not hold; read "
                          "the store with --home instead.")
-    if csv:
-        if not Path(csv).is_file():
-            raise BenchError(f"--cells {csv}: no such file; pass a report's cells.csv (e.g. "
-                             "docs/results/claims-v2/cells.csv).")
-        return cells_mod.from_csv(csv), csv
+    if files:
+        for one in files:
+            if not Path(one).is_file():
+                raise BenchError(f"--cells {one}: no such file; pass a report's cells.csv (e.g. "
+                                 "docs/results/claims-v2/cells.csv).")
+        return cells_mod.from_csv(files), ", ".join(files)
     return cells_mod.load(home, grid=grid), str(Path(home) / "results.sqlite")
 
 

@@ -1,0 +1,60 @@
+"""A grid committed in slices (one cells.csv per session, or two grids sharing cells) reads as one table:
+``bench report --cells A --cells B`` and ``bench verdict --cells A --cells B`` equal the report of the whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import BenchError
+from bench.cli import main
+from reports.cells import from_csv
+from reports.leaderboard import build_tables, table_markdown
+
+WHOLE = Path(__file__).resolve().parents[1] / "docs/results/claims-baselines/cells.csv"
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory):
+    """The committed underwater baselines grid cut into two overlapping slices (rows 0-149 and 100-254)."""
+    folder = tmp_path_factory.mktemp("slices")
+    whole = pd.read_csv(WHOLE)
+    a, b = folder / "a.csv", folder / "b.csv"
+    whole.iloc[:150].to_csv(a, index=False)
+    whole.iloc[100:].to_csv(b, index=False)
+    return folder, a, b
+
+
+def test_overlapping_slices_read_as_the_whole_grid(slices):
+    _, a, b = slices
+    joined, whole = from_csv([a, b]), from_csv(WHOLE)
+    assert len(joined) == len(whole) == 255  # the 50 shared cells once
+    assert [table_markdown(t) for t in build_tables(joined)] == [table_markdown(t) for t in build_tables(whole)]
+    # one slice alone is not the whole: the test can tell
+    assert [table_markdown(t) for t in build_tables(from_csv(a))] != [table_markdown(t) for t in build_tables(whole)]
+
+
+def test_a_cell_with_different_results_in_two_files_is_a_one_line_error(slices):
+    folder, a, _ = slices
+    other = pd.read_csv(a)
+    other.loc[0, "student_psnr"] += 0.5
+    clash = folder / "clash.csv"
+    other.to_csv(clash, index=False)
+    with pytest.raises(BenchError, match=r"is in .*a\.csv and in .*clash\.csv with different results"):
+        from_csv([a, clash])
+
+
+def test_bench_report_and_verdict_take_several_cells_files(slices, capsys):
+    folder, a, b = slices
+    out = folder / "report"
+    assert main(["report", "--cells", str(a), "--cells", str(b), "--out", str(out), "--format", "md,csv"]) == 0
+    assert len(pd.read_csv(out / "cells.csv")) == 255
+    assert f"Store {a}, {b}: 255 finished cell(s)" in (out / "leaderboard.md").read_text()
+    assert main(["verdict", "--cells", str(a), "--cells", str(b)]) == 0
+    assert "255 finished cells" in capsys.readouterr().out
+    assert main(["report", "--cells", str(a)]) == 2  # no store to write into: --out is needed
+    assert "needs --out DIR" in capsys.readouterr().err
+    assert main(["report", "--cells", str(a), "--home", str(folder), "--out", str(out)]) == 2
+    assert "reads one source" in capsys.readouterr().err
