@@ -291,6 +291,10 @@ class Store:
             flat = {k: v for k, v in r.items() if k not in ("metrics", "config", "versions")}
             flat.update(r.get("metrics") or {})
             flat["config"] = r.get("config")
+            # the plugins' code digests (bench.row): cells of one configuration from other code are not seeds
+            # of one experiment (reports.cells.mixed_code)
+            code = (r.get("versions") or {}).get("code")
+            flat["code"] = json.dumps(code, sort_keys=True) if code else None
             rows.append(flat)
         return pd.DataFrame(rows)
 

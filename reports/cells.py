@@ -240,7 +240,13 @@ def load(home: Path | str, grid: Path | str | None = None) -> pd.DataFrame:
     """The tidy per-cell table of the store at ``home``; ``grid``: of that grid file's cells only (filtered before
     the labels are made, so they name what differs inside the grid, not across the store)."""
     raw = open_store(home).dataframe()
-    return tidy(only_grid(raw, grid) if grid is not None else raw)
+    cells = tidy(only_grid(raw, grid) if grid is not None else raw)
+    mixed = mixed_code(cells)
+    if mixed:
+        raise BenchError(f"{next(iter(mixed))} (and {len(mixed) - 1} more) has cells computed by different code in "
+                         f"{home}: they are not seeds of one experiment; re-run bench sweep (it recomputes the cells "
+                         "whose code changed) before reporting.")
+    return cells
 
 
 def _apart_from_threads(config: dict) -> str:
@@ -338,7 +344,28 @@ def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
                                      "files from one store (or drop one of them).")
                 continue
             rows[key], where[key] = row, one
-    return tidy(pd.DataFrame(list(rows.values())))
+    cells = tidy(pd.DataFrame(list(rows.values())))
+    mixed = mixed_code(cells)
+    if mixed:
+        files = sorted({str(where[k]) for k in cells.loc[cells["config_id"].isin(mixed.values()), "key"]})
+        raise BenchError(f"{next(iter(mixed))} (and {len(mixed) - 1} more) has cells computed by different code in "
+                         f"{', '.join(files)}: they "
+                         "are not seeds of one experiment; re-run the older slice (bench sweep) and commit it.")
+    return cells
+
+
+def mixed_code(cells: pd.DataFrame) -> dict[str, str]:
+    """The configurations (label -> config id) whose cells were computed by different code (the plugins' digests
+    recorded in each row differ; rows without a digest are not counted)."""
+    if cells.empty or "code" not in cells:
+        return {}
+    out: dict[str, str] = {}
+    keys = ["profile_id", "task_id", "attack_id", "config_id"]
+    for _, g in cells[cells["code"].notna()].groupby(keys, sort=False):
+        if g["code"].nunique() > 1:
+            first = g.iloc[0]
+            out[f"{first['task_label']} · {first['attack_label']} · {first['defense_label']}"] = first["config_id"]
+    return out
 
 
 def _results(row: dict[str, Any]) -> tuple:

@@ -58,3 +58,40 @@ def test_bench_report_and_verdict_take_several_cells_files(slices, capsys):
     assert "needs --out DIR" in capsys.readouterr().err
     assert main(["report", "--cells", str(a), "--home", str(folder), "--out", str(out)]) == 2
     assert "reads one source" in capsys.readouterr().err
+
+
+def test_slices_of_one_configuration_from_different_code_are_refused(slices):
+    """A cell's key names its configuration, not its code (a sweep recomputes a cell whose code changed), so two
+    sessions' slices can hold seeds of one configuration computed by different code: refused, not pooled."""
+    folder, _, _ = slices
+    whole = pd.read_csv(WHOLE)
+    old, new = whole.iloc[:128].copy(), whole.iloc[128:].copy()
+    old["code"] = '{"attack": "aaaa", "defense": "dddd", "task": "tttt"}'
+    new["code"] = '{"attack": "aaaa", "defense": "dddd", "task": "tttt"}'
+    a, b = folder / "code-a.csv", folder / "code-b.csv"
+    old.to_csv(a, index=False)
+    new.to_csv(b, index=False)
+    assert len(from_csv([a, b])) == 255  # the same code: one table
+    new["code"] = '{"attack": "aaaa", "defense": "eeee", "task": "tttt"}'
+    new.to_csv(b, index=False)
+    with pytest.raises(BenchError, match="computed by different code in .*code-a.csv, .*code-b.csv"):
+        from_csv([a, b])
+
+
+def test_a_store_holding_one_configuration_from_two_codes_is_not_reported_as_one(tmp_path):
+    """The same guard on a store: a row whose recorded code digest differs from its configuration's others."""
+    from bench.pipeline import CellSpec, run_cell
+    from bench.store import Store
+    from reports.cells import load
+
+    for seed in (0, 1):
+        run_cell(CellSpec(task="derain", defense="output_noise", profile="smoke", seed=seed), home=tmp_path,
+                 progress=False)
+    cells = load(tmp_path)
+    assert cells["code"].notna().all() and cells["code"].nunique() == 1
+    store = Store(tmp_path)
+    row = next(r for r in store.cells() if r["seed"] == 1)
+    row["versions"]["code"]["defense"] = "0" * 16  # as if computed before the defense's code changed
+    store.put_cell(row)
+    with pytest.raises(BenchError, match="computed by different code .*re-run bench sweep"):
+        load(tmp_path)
