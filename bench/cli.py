@@ -372,7 +372,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def sweep(cells: list[Any], force: bool) -> Any:
         return run_sweep(cells, home=_home(args), n_jobs=args.n_jobs, backend=args.backend, address=args.address,
                          force=force, progress=True, jobs_per_gpu=args.jobs_per_gpu,
-                         job_timeout_s=sweep_timeout(args))
+                         job_timeout_s=sweep_timeout(args), skip_done=args.skip_done or ())
 
     if args.refine < 0:
         raise BenchError(f"--refine must be a number of rounds >= 0, got {args.refine}.")
@@ -485,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the attackers' student architecture for every cell, named as --teacher (default: the "
                         "reference student)")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel workers on the CPU (default 1; -1: every core)")
+    p.add_argument("--skip-done", metavar="FILE", action="append",
+                   help="a committed report's cells.csv: its done cells (of the current code) are not run again, "
+                        "so a grid can be run slice by slice across sessions whose stores do not survive "
+                        "(repeatable; report the slices together with bench report --cells)")
     p.add_argument("--refine", type=int, default=0, metavar="ROUNDS",
                    help="after the sweep, add strengths where a curve's reading at a matched cost crosses a wide "
                         "bracket (reports.matched.wide_gap), up to ROUNDS rounds of at most 2 per defense (default 0)")

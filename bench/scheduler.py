@@ -111,6 +111,8 @@ class Plan:
     cells: dict[str, Cell]  # every cell of the grid by key, in grid order
     cached: dict[str, dict[str, Any]]  # key -> stored done row
     jobs: dict[str, list[Job]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    #: keys done in a committed cells.csv (--skip-done), not in this store: not run again
+    committed: set[str] = field(default_factory=set)
 
     @property
     def n_jobs(self) -> int:
@@ -134,9 +136,35 @@ class SweepResult:
 
 
 # ------------------------------------------------------------------------------------------ planning
-def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Plan:
+def committed_rows(paths: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
+    """Done cells of committed reports' cells.csv, by key, as much of a store row as :func:`plan` needs (status
+    and the code digests). Rows without digests (cells.csv from before they were written) are left out: whether
+    their code is the current one cannot be told, so they run again."""
+    import json
+
+    import pandas as pd
+
+    rows: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        try:
+            frame = pd.read_csv(path, usecols=lambda c: c in ("key", "status", "code"))
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise BenchError(f"--skip-done {path}: cannot read it as a report's cells.csv ({exc}); pass the "
+                             "cells.csv bench report wrote.") from None
+        if "key" not in frame or "status" not in frame:
+            raise BenchError(f"--skip-done {path} is not a report's cells.csv (no key or status column); pass the "
+                             "cells.csv bench report wrote.")
+        for key, status, code in zip(frame["key"], frame["status"], frame.get("code", [None] * len(frame))):
+            if status == "done" and isinstance(code, str):
+                rows[key] = {"status": "done", "versions": {"code": json.loads(code)}}
+    return rows
+
+
+def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False,
+         committed: dict[str, dict[str, Any]] | None = None) -> Plan:
     """Resolve every cell (bad input fails here, before anything runs), look up finished rows and list
-    the unique jobs of each stage."""
+    the unique jobs of each stage. ``committed``: done rows of committed reports' cells.csv by key
+    (:func:`committed_rows`), skipped like the store's own where their code is the cells' current code."""
     cells: dict[str, Cell] = {}
     artifacts = Artifacts(store.home)
     notes: set[str] = set()
@@ -149,12 +177,15 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
     for note in sorted(notes):
         print(note, file=sys.stderr)
     cached: dict[str, dict[str, Any]] = {}
+    out_of_store: set[str] = set()
     if not force:
         for key in cells:
             row = store.get_cell(key)
             if row is not None and row["status"] == "done" and not stale_code(row, cells[key]):
                 cached[key] = row
-    out = Plan(cells=cells, cached=cached)
+            elif key in (committed or {}) and not stale_code(committed[key], cells[key]):
+                out_of_store.add(key)
+    out = Plan(cells=cells, cached=cached, committed=out_of_store)
     seen: set[tuple[str, str]] = set()
 
     def add(stage: str, key: str, cell_key: str, needs: tuple[str, ...] = ()) -> None:
@@ -166,7 +197,7 @@ def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False) -> Pla
         return not force and (artifacts.dir(key) / "model.pt").exists()
 
     for key, cell in cells.items():
-        if key in cached:
+        if key in cached or key in out.committed:
             continue
         # every key comes from bench.stages, the functions the runner keys its artifacts with
         t_key = teacher_key(cell)
@@ -495,8 +526,10 @@ def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
 def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jobs: int = 1,
               backend: str = "loky", address: str | None = None, force: bool = False,
               progress: bool = True, jobs_per_gpu: int | None = None,
-              job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S) -> SweepResult:
-    """Run every cell of ``specs`` in stages; returns the store's rows and what failed.
+              job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S,
+              skip_done: Sequence[Path | str] = ()) -> SweepResult:
+    """Run every cell of ``specs`` in stages; returns the store's rows and what failed. ``skip_done``: committed
+    reports' cells.csv whose done cells (of the current code) are not run again (a grid committed in slices).
 
     On a CUDA device the sweep runs ``jobs_per_gpu`` workers on each GPU of the device (all visible
     GPUs for ``cuda``), each pinned to its GPU, instead of ``n_jobs``.
@@ -520,7 +553,8 @@ def run_sweep(specs: Sequence[CellSpec], *, home: Path | str | None = None, n_jo
     specs = [s if s.threads else dataclasses.replace(s, threads=per_job) for s in specs]
     with _gpus_for_workers(gpus):
         return _sweep(specs, store, start, n_jobs=n_jobs, backend=backend, address=address, force=force,
-                      progress=progress, job_timeout_s=job_timeout_s)
+                      progress=progress, job_timeout_s=job_timeout_s,
+                      committed=committed_rows(skip_done) if skip_done and not force else None)
 
 
 @contextmanager
@@ -541,8 +575,14 @@ def _gpus_for_workers(gpus: list[str]) -> Iterator[None]:
 
 
 def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, backend: str,
-           address: str | None, force: bool, progress: bool, job_timeout_s: float | None = None) -> SweepResult:
-    the_plan = plan(specs, store, force=force)
+           address: str | None, force: bool, progress: bool, job_timeout_s: float | None = None,
+           committed: dict[str, dict[str, Any]] | None = None) -> SweepResult:
+    the_plan = plan(specs, store, force=force, committed=committed)
+    if the_plan.committed:
+        print(f"{len(the_plan.committed)} cell(s) done in the committed cells.csv given with --skip-done: not run "
+              "here (report them with bench report --cells)", file=sys.stderr)
+        for key in the_plan.committed:
+            del the_plan.cells[key]
     cells = the_plan.cells
     labels = {k: label(c) for k, c in cells.items()}
     failed_jobs: dict[str, str] = {}  # job key -> error (any stage)

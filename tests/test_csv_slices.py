@@ -95,3 +95,31 @@ def test_a_store_holding_one_configuration_from_two_codes_is_not_reported_as_one
     store.put_cell(row)
     with pytest.raises(BenchError, match="computed by different code .*re-run bench sweep"):
         load(tmp_path)
+
+
+def test_a_grid_run_in_two_sessions_with_lost_stores_equals_one_run(tmp_path, capsys):
+    """Session 1 runs seeds 0-1 and commits its cells.csv; its store is lost. Session 2, in a fresh store, runs
+    the whole grid with --skip-done: only seeds 2-3 run. The two slices read together equal the grid run whole."""
+    grid = ["sweep", "--tasks", "derain", "--defenses", "none", "--profile", "smoke"]
+    first, second, whole = tmp_path / "s1", tmp_path / "s2", tmp_path / "whole"
+    assert main([*grid, "--seeds", "0-1", "--home", str(first)]) == 0
+    assert main(["report", "--home", str(first), "--out", str(first / "r"), "--format", "csv"]) == 0
+    capsys.readouterr()
+    assert main([*grid, "--seeds", "0-3", "--home", str(second), "--skip-done", str(first / "r/cells.csv")]) == 0
+    assert "2 cell(s) done in the committed cells.csv" in capsys.readouterr().err
+    assert sorted(load_seeds(second)) == [2, 3]  # the committed seeds did not run again
+    assert main(["report", "--home", str(second), "--out", str(second / "r"), "--format", "csv"]) == 0
+    assert main([*grid, "--seeds", "0-3", "--home", str(whole)]) == 0
+    joined = from_csv([first / "r/cells.csv", second / "r/cells.csv"])
+    from reports.cells import load
+
+    alone = load(whole)
+    cols = ["seed", "teacher_psnr", "student_psnr", "student_ref_psnr"]
+    pd.testing.assert_frame_equal(joined.sort_values("seed")[cols].reset_index(drop=True),
+                                  alone.sort_values("seed")[cols].reset_index(drop=True))
+
+
+def load_seeds(home: Path) -> list[int]:
+    from reports.cells import load
+
+    return load(home)["seed"].tolist()
