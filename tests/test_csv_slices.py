@@ -18,19 +18,20 @@ WHOLE = Path(__file__).resolve().parents[1] / "docs/results/claims-baselines/cel
 
 @pytest.fixture(scope="module")
 def slices(tmp_path_factory):
-    """The committed underwater baselines grid cut into two overlapping slices (rows 0-149 and 100-254)."""
+    """The committed baselines grid cut into two overlapping slices (its first 60 % and its last 60 %)."""
     folder = tmp_path_factory.mktemp("slices")
     whole = pd.read_csv(WHOLE)
     a, b = folder / "a.csv", folder / "b.csv"
-    whole.iloc[:150].to_csv(a, index=False)
-    whole.iloc[100:].to_csv(b, index=False)
+    n = len(whole)
+    whole.iloc[:int(0.6 * n)].to_csv(a, index=False)
+    whole.iloc[int(0.4 * n):].to_csv(b, index=False)
     return folder, a, b
 
 
 def test_overlapping_slices_read_as_the_whole_grid(slices):
     _, a, b = slices
     joined, whole = from_csv([a, b]), from_csv(WHOLE)
-    assert len(joined) == len(whole) == 255  # the 50 shared cells once
+    assert len(joined) == len(whole) == len(pd.read_csv(WHOLE))  # the shared cells once
     assert [table_markdown(t) for t in build_tables(joined)] == [table_markdown(t) for t in build_tables(whole)]
     # one slice alone is not the whole: the test can tell
     assert [table_markdown(t) for t in build_tables(from_csv(a))] != [table_markdown(t) for t in build_tables(whole)]
@@ -50,10 +51,11 @@ def test_bench_report_and_verdict_take_several_cells_files(slices, capsys):
     folder, a, b = slices
     out = folder / "report"
     assert main(["report", "--cells", str(a), "--cells", str(b), "--out", str(out), "--format", "md,csv"]) == 0
-    assert len(pd.read_csv(out / "cells.csv")) == 255
-    assert f"Store {a}, {b}: 255 finished cell(s)" in (out / "leaderboard.md").read_text()
+    n = len(pd.read_csv(WHOLE))
+    assert len(pd.read_csv(out / "cells.csv")) == n
+    assert f"Store {a}, {b}: {n} finished cell(s)" in (out / "leaderboard.md").read_text()
     assert main(["verdict", "--cells", str(a), "--cells", str(b)]) == 0
-    assert "255 finished cells" in capsys.readouterr().out
+    assert f"{n} finished cells" in capsys.readouterr().out
     assert main(["report", "--cells", str(a)]) == 2  # no store to write into: --out is needed
     assert "needs --out DIR" in capsys.readouterr().err
     assert main(["report", "--cells", str(a), "--home", str(folder), "--out", str(out)]) == 2
@@ -65,13 +67,13 @@ def test_slices_of_one_configuration_from_different_code_are_refused(slices):
     sessions' slices can hold seeds of one configuration computed by different code: refused, not pooled."""
     folder, _, _ = slices
     whole = pd.read_csv(WHOLE)
-    old, new = whole.iloc[:128].copy(), whole.iloc[128:].copy()
+    old, new = whole.iloc[:len(whole) // 2].copy(), whole.iloc[len(whole) // 2:].copy()
     old["code"] = '{"attack": "aaaa", "defense": "dddd", "task": "tttt"}'
     new["code"] = '{"attack": "aaaa", "defense": "dddd", "task": "tttt"}'
     a, b = folder / "code-a.csv", folder / "code-b.csv"
     old.to_csv(a, index=False)
     new.to_csv(b, index=False)
-    assert len(from_csv([a, b])) == 255  # the same code: one table
+    assert len(from_csv([a, b])) == len(whole)  # the same code: one table
     new["code"] = '{"attack": "aaaa", "defense": "eeee", "task": "tttt"}'
     new.to_csv(b, index=False)
     with pytest.raises(BenchError, match="computed by different code in .*code-a.csv, .*code-b.csv"):
