@@ -401,10 +401,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.cells and (args.home or args.grid):
         raise BenchError("bench report reads one source: --home DIR (a store, with --grid) or --cells FILE "
                          "(reports' cells.csv, repeatable).")
-    for one in args.cells or ():
-        if not Path(one).is_file():
-            raise BenchError(f"--cells {one}: no such file; pass a report's cells.csv (e.g. "
-                             "docs/results/claims-v2/cells.csv).")
     home = None if args.cells else _home(args)
     report = build_report(home, args.out, formats, progress=True, tasks=tasks, grid=args.grid,
                           csv_files=args.cells or ())

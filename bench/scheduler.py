@@ -138,26 +138,15 @@ class SweepResult:
 # ------------------------------------------------------------------------------------------ planning
 def committed_rows(paths: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
     """Done cells of committed reports' cells.csv, by key, as much of a store row as :func:`plan` needs (status
-    and the code digests). Rows without digests (cells.csv from before they were written) are left out: whether
-    their code is the current one cannot be told, so they run again."""
+    and the code digests), read by the report's own reader. Rows without digests (cells.csv from before they
+    were written) are left out: whether their code is the current one cannot be told, so they run again."""
     import json
 
-    import pandas as pd
+    from reports.cells import csv_rows
 
-    rows: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        try:
-            frame = pd.read_csv(path, usecols=lambda c: c in ("key", "status", "code"))
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise BenchError(f"--skip-done {path}: cannot read it as a report's cells.csv ({exc}); pass the "
-                             "cells.csv bench report wrote.") from None
-        if "key" not in frame or "status" not in frame:
-            raise BenchError(f"--skip-done {path} is not a report's cells.csv (no key or status column); pass the "
-                             "cells.csv bench report wrote.")
-        for key, status, code in zip(frame["key"], frame["status"], frame.get("code", [None] * len(frame))):
-            if status == "done" and isinstance(code, str):
-                rows[key] = {"status": "done", "versions": {"code": json.loads(code)}}
-    return rows
+    return {row["key"]: {"status": "done", "versions": {"code": json.loads(row["code"])}}
+            for path in paths for row in csv_rows(path)
+            if row["status"] == "done" and isinstance(row.get("code"), str)}
 
 
 def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False,

@@ -241,11 +241,8 @@ def load(home: Path | str, grid: Path | str | None = None) -> pd.DataFrame:
     the labels are made, so they name what differs inside the grid, not across the store)."""
     raw = open_store(home).dataframe()
     cells = tidy(only_grid(raw, grid) if grid is not None else raw)
-    mixed = mixed_code(cells)
-    if mixed:
-        raise BenchError(f"{next(iter(mixed))} (and {len(mixed) - 1} more) has cells computed by different code in "
-                         f"{home}: they are not seeds of one experiment; re-run bench sweep (it recomputes the cells "
-                         "whose code changed) before reporting.")
+    refuse_mixed_code(cells, str(home), "re-run bench sweep (it recomputes the cells whose code changed) before "
+                                        "reporting")
     return cells
 
 
@@ -336,7 +333,7 @@ def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
     rows: dict[str, dict[str, Any]] = {}
     where: dict[str, Path | str] = {}
     for one in paths:
-        for row in _csv_rows(one):
+        for row in csv_rows(one):
             key = row["key"]
             if key in rows:
                 if _results(rows[key]) != _results(row):
@@ -345,13 +342,22 @@ def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
                 continue
             rows[key], where[key] = row, one
     cells = tidy(pd.DataFrame(list(rows.values())))
-    mixed = mixed_code(cells)
-    if mixed:
-        files = sorted({str(where[k]) for k in cells.loc[cells["config_id"].isin(mixed.values()), "key"]})
-        raise BenchError(f"{next(iter(mixed))} (and {len(mixed) - 1} more) has cells computed by different code in "
-                         f"{', '.join(files)}: they "
-                         "are not seeds of one experiment; re-run the older slice (bench sweep) and commit it.")
+    refuse_mixed_code(cells, ", ".join(str(one) for one in paths),
+                      "re-run the older slice (bench sweep) and commit it", where)
     return cells
+
+
+def refuse_mixed_code(cells: pd.DataFrame, source: str, advice: str,
+                      files: dict[str, Path | str] | None = None) -> None:
+    """A one-line error where a configuration's cells were computed by different code (:func:`mixed_code`):
+    they are not seeds of one experiment. ``files``: key -> the file a cell came from, to name only those."""
+    mixed = mixed_code(cells)
+    if not mixed:
+        return
+    if files:
+        source = ", ".join(sorted({str(files[k]) for k in cells.loc[cells["config_id"].isin(mixed.values()), "key"]}))
+    raise BenchError(f"{next(iter(mixed))} (and {len(mixed) - 1} more) has cells computed by different code in "
+                     f"{source}: they are not seeds of one experiment; {advice}.")
 
 
 def mixed_code(cells: pd.DataFrame) -> dict[str, str]:
@@ -377,8 +383,11 @@ def _results(row: dict[str, Any]) -> tuple:
                                             "student_ref_psnr", "student_gt_psnr"))
 
 
-def _csv_rows(path: Path | str) -> list[dict[str, Any]]:
-    """The store rows of one cells.csv (see :func:`from_csv`)."""
+def csv_rows(path: Path | str) -> list[dict[str, Any]]:
+    """The store rows of one cells.csv (see :func:`from_csv`): the one reader of a committed report's cells, for
+    the report, the verdict and ``bench sweep --skip-done``."""
+    if not Path(path).is_file():
+        raise BenchError(f"{path}: no such file; pass a report's cells.csv (e.g. docs/results/claims-v2/cells.csv).")
     try:
         frame = pd.read_csv(path, keep_default_na=True)
     except (OSError, pd.errors.ParserError) as exc:
