@@ -341,11 +341,11 @@ def sweep_specs(args: argparse.Namespace) -> list[Any]:
         sets.setdefault("task", {}).update(_data_sets(args))
     grid = make_grid(load_file(args.grid) if args.grid else None, tasks=args.tasks, defenses=args.defenses,
                      attacks=args.attacks, seeds=args.seeds, budgets=args.budgets, profile=args.profile,
-                     teacher_seeds=args.teacher_seeds, sets=sets)
+                     teacher_seeds=args.teacher_seeds, sets=sets, teacher=args.teacher, weights=args.weights,
+                     student=args.student)
     grid.check_size(args.max_cells or MAX_CELLS)
     device = resolve_device(args.device)
-    return [dataclasses.replace(s, device=device, teacher=args.teacher, weights=args.weights, student=args.student)
-            for s in grid.specs()]
+    return [dataclasses.replace(s, device=device) for s in grid.specs()]
 
 
 def sweep_timeout(args: argparse.Namespace) -> float | None:

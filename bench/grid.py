@@ -26,6 +26,10 @@ A grid file (YAML; every key optional, flags given on the command line replace t
     seeds: [0, 1, 2]                # or "0-4", or all
     budgets: [null]                 # null: the strength as given; numbers: calibrated teacher cost in dB
     teacher_seeds: [0, 1]           # or teacher_seed: 0; intervals then span (teacher, student) seed pairs
+    teacher: nafnet-w16             # the teacher of every cell, as --teacher takes it (bench list models, or
+                                    # PACKAGE.MODULE:FACTORY); weights: FILE, as --weights (a path from where
+                                    # bench runs); student: nafnet-tiny, as --student. Default: the reference
+                                    # models. Kept in the file so that `bench report --grid` finds the cells
     job_timeout: 7200               # seconds one job may run (default 12 h; 0: no limit): a job that hangs
                                     # fails its cell with that reason, and the sweep goes on
 
@@ -56,7 +60,9 @@ MAX_SEEDS = 10_000
 MAX_CELLS = 20_000
 ALL_BUDGETS = (0.1, 0.5, 1.0)
 FILE_KEYS = ("profile", "tasks", "defenses", "attacks", "seeds", "budgets", "teacher_seed", "teacher_seeds",
-             "job_timeout")
+             "job_timeout", "teacher", "weights", "student")
+#: grid-file keys naming the models of every cell, as the flags of the same names do
+MODEL_KEYS = ("teacher", "weights", "student")
 ENTRY_KEYS = ("name", "params", "sweep", "budgets", "strengths", "attacks")
 
 
@@ -81,6 +87,10 @@ class Grid:
     profile: str = "quick"
     profile_params: dict[str, Any] = field(default_factory=dict)
     teacher_seeds: list[int] = field(default_factory=lambda: [0])
+    #: the teacher, its weights file and the student of every cell (None: the reference models)
+    teacher: str | None = None
+    weights: str | None = None
+    student: str | None = None
 
     def specs(self) -> list[CellSpec]:
         """Every cell of the grid, in axis order (task, defense, attack, teacher seed, seed, budget),
@@ -96,7 +106,8 @@ class Grid:
                                 profile=self.profile, task_params=dict(task.params),
                                 defense_params=dict(defense.params), attack_params=dict(attack.params),
                                 profile_params=dict(self.profile_params), teacher_seed=teacher_seed,
-                                budget_db=budget)
+                                budget_db=budget, teacher=self.teacher, weights=self.weights,
+                                student=self.student)
                 ident = repr(spec)
                 if ident not in seen:
                     seen.add(ident)
@@ -348,8 +359,10 @@ def load_file(path: Path | str) -> dict[str, Any]:
 
 def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses: Any = None,
               attacks: Any = None, seeds: Any = None, budgets: Any = None, profile: str | None = None,
-              teacher_seeds: Any = None, sets: dict[str, dict[str, Any]] | None = None) -> Grid:
-    """A grid from a grid file's mapping and command-line values (which replace the file's axes).
+              teacher_seeds: Any = None, sets: dict[str, dict[str, Any]] | None = None,
+              teacher: str | None = None, weights: str | None = None, student: str | None = None) -> Grid:
+    """A grid from a grid file's mapping and command-line values (which replace the file's axes; a model
+    flag replaces the file's models).
 
     Defaults: all tasks, all defenses, vanilla_kd, seed 0, no budget, the quick profile.
     """
@@ -404,7 +417,23 @@ def make_grid(file: dict[str, Any] | None = None, *, tasks: Any = None, defenses
         budgets=parse_budgets(budgets if budgets is not None else file.get("budgets", [None]),
                               "--budgets" if budgets is not None else "budgets"),
         profile=prof_name, profile_params=profile_params, teacher_seeds=t_seeds,
+        **_models(file, {"teacher": teacher, "weights": weights, "student": student}),
     )
+
+
+def _models(file: dict[str, Any], flags: dict[str, str | None]) -> dict[str, str | None]:
+    """The grid's teacher, weights and student: the flags where any is given (a flag names the models of the
+    run, so the file's are not mixed in), else the file's; one-line errors for a value that is not a name."""
+    if any(v is not None for v in flags.values()):
+        return dict(flags)
+    out: dict[str, str | None] = {}
+    for key in MODEL_KEYS:
+        value = file.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise BenchError(f"grid file key {key!r} must be a name as --{key} takes it (e.g. nafnet-w16), "
+                             f"got {value!r}.")
+        out[key] = value.strip() if isinstance(value, str) else None
+    return out
 
 
 def parse_timeout(value: Any, where: str) -> float | None:

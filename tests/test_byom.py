@@ -257,6 +257,42 @@ def test_a_sweep_runs_a_grid_on_your_own_models(capsys, ext, tmp_path):
                                   r["config"]["student_model"]["factory"] == f"{name}:make" for r in rows)
 
 
+def test_a_grid_file_names_its_models_and_its_report_finds_their_cells(capsys, ext, tmp_path):
+    """The models live in the grid file, so `bench report --grid FILE` plans the same cells the sweep ran (with
+    the models only on the command line it planned reference-model cells and found none of them)."""
+    name, _, weights = ext
+    axes = ("profile: smoke\ntasks: [sr]\ndefenses: [none, noise_floor]\n"
+            "seeds: [0]\n")
+    grid = tmp_path / "own.yaml"
+    grid.write_text(axes + f"teacher: '{name}:make'\nweights: '{weights['x2']}'\nstudent: '{name}:make'\n")
+    home = tmp_path / "store"
+    code, _, err = run(capsys, "sweep", str(grid), "--home", str(home))
+    assert code == 0, err
+    rows = Store(home).cells()
+    assert len(rows) == 2 and all(r["config"]["teacher_model"]["factory"] == f"{name}:make" and
+                                  r["config"]["student_model"]["factory"] == f"{name}:make" for r in rows)
+    # the same cells as the flags give: a second sweep with the models as flags finds every cell done
+    code, out, err = run(capsys, "sweep", str(grid), "--teacher", f"{name}:make", "--weights", str(weights["x2"]),
+                         "--student", f"{name}:make", "--home", str(home))
+    assert code == 0 and len(Store(home).cells()) == 2, err
+    code, out, err = run(capsys, "report", "--home", str(home), "--grid", str(grid), "--format", "csv",
+                         "--out", str(tmp_path / "rep"))
+    assert code == 0, err
+    assert len((tmp_path / "rep" / "cells.csv").read_text().strip().splitlines()) == 3
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(axes)
+    code, out, err = run(capsys, "report", "--home", str(home), "--grid", str(bare), "--out", str(tmp_path / "r2"))
+    assert code == 2 and "none of its 2 cells is in this store" in err
+
+
+def test_a_grid_file_model_must_be_a_name(capsys, tmp_path):
+    grid = tmp_path / "bad.yaml"
+    grid.write_text("profile: smoke\ntasks: [derain]\ndefenses: [none]\nteacher: [nafnet]\n")
+    code, out, err = run(capsys, "sweep", str(grid), "--home", str(tmp_path))
+    assert code == 2 and "grid file key 'teacher' must be a name as --teacher takes it" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_external_teacher_without_weights_is_trained_and_cached(ext, shared_home):
     from bench.pipeline import run_cell
 
