@@ -29,7 +29,7 @@ A grid file (YAML; every key optional, flags given on the command line replace t
     teacher: nafnet-w16             # the teacher of every cell, as --teacher takes it (bench list models, or
                                     # PACKAGE.MODULE:FACTORY); weights: FILE, as --weights (a path from where
                                     # bench runs); student: nafnet-tiny, as --student. Default: the reference
-                                    # models. Kept in the file so that `bench report --grid` finds the cells
+                                    # models. Kept in the file so that `bench report --grid` finds the cells.
     job_timeout: 7200               # seconds one job may run (default 12 h; 0: no limit): a job that hangs
                                     # fails its cell with that reason, and the sweep goes on
 
