@@ -120,6 +120,18 @@ matrix, no Python loop per matrix and, on a GPU, no host-device synchronisation 
   about 4 products, i.e. ``power_iters=1``, which is 3.3-4.8 % off the full SVD on the quick derain
   teachers (seeds 0 and 1, re-measured in this pass with ``docs/results/asvp-v3/accuracy.py``:
   ``power_iters`` 2: 1.4-1.7 % mean, max 6.7 %; 3, the default: 0.7 %, max 3.1 %; the channel layout 0.0 %).
+  By arithmetic (2026-12-02): the quick teacher is 9.89 GFLOP at 256 x 256 (its convolutions counted); the
+  spatial layout's 8 products at its two default layers are 2.15 GFLOP, 21.7 % of it, so at the teacher's own
+  throughput (~114 GFLOP/s on these 2 cores) they alone cost 1.22x before eigh, the re-orthonormalisation, the
+  mask and the write (10-15 ms a layer measured on top). The cheaper factorisations tried are 2-5x further
+  from the full SVD than the default, measured without the mask (stricter than the figures above: relative
+  L2 of the unmasked dF, middle-layer features of the 8 test images, claims-v3 derain teachers 0 / 1): the
+  default 2.16 / 2.15 %, 2 iterations 4.75 / 4.56 %, 1 iteration 11.1 / 10.5 %, block Krylov in 4 passes
+  (32 columns) 6.4 / 6.4 %, a DCT start in place of the Gaussian 2.34 / 2.25 % at 3 iterations; also
+  tried without a gain in the served forward: a 1-thread eigh, triangular solves in place of R^-1, channel
+  energy in chunks, a split-K Gram product. The spatial 1.30x is out of reach on this CPU at the faithful
+  accuracy; the channel 1.10x would need ~3 of its ~6.3 ms a layer gone, where the Gram product alone
+  (32 x 65,536, MKL) takes 1.4-2.0 ms.
   On CUDA ``torch.linalg.eigh`` checks its LAPACK error codes on the host, so the forward synchronises there
   once per decomposition (the CUDA tests stub it out, and bench/serving.py's finiteness check, to check that
   nothing else does; they have not run on a GPU: none was lent).
