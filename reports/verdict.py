@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import BenchError
-from reports.leaderboard import MATCHED_COSTS, ROUGH, WORST, Row, Table, build_tables, format_estimate
+from reports.leaderboard import FLOOR_DEFENSE, MATCHED_COSTS, ROUGH, WORST, Row, Table, build_tables, format_estimate
 from reports.significance import ALPHA, FAMILY_TEXT, METHOD_TEXT
 from reports.stats import Estimate, mean_ci
 
@@ -113,6 +113,10 @@ def judge_task(task: str, tables: list[Table], cells: pd.DataFrame) -> dict[str,
     if blocked or table is None:
         why = blocked or "no table to judge on (several attacks but no worst case)"
         return {c: why for c in ("drop", "ssim", "cost", "priors")}
+    if not (done["defense"] == ASVP).any():
+        # a partial grid (priors first, ASVP later): "never reaches" would misstate a cell not yet run
+        why = "not judged: no ASVP cell finished on this task (a partial grid; run its ASVP rows)"
+        return {c: why for c in ("drop", "ssim", "cost", "priors")}
     mde = f"MDE {table.mde[0]:.2f} dB" if table.mde[1] >= 2 else "no MDE (no floor)"
     out: dict[str, str] = {}
     # 1. the student drop at each matched cost (worst case over attacks)
@@ -159,12 +163,13 @@ def judge_task(task: str, tables: list[Table], cells: pd.DataFrame) -> dict[str,
         out["cost"] = (f"at 0.1 dB: {_est(row.student)} dB, {word} (floor {_est(floor.student)}; Holm "
                        f"{_p(row.p_floor)}; {_n(row)}; {mde}): {verdict}")
     # 4. against each prior at each cost, in the family's own adjusted p-values
-    costs = []
+    costs, asvp_reaches = [], False
     for cost in MATCHED_COSTS:
         rows = _group(table, cost)
         asvp = _asvp(rows)
         priors = [r for r in rows if not r.floor and r.student.n and r is not asvp
                   and r.defense_base.split(" ")[0] != ASVP and r.rank is not None]
+        asvp_reaches |= asvp is not None
         if asvp is None or not priors:
             continue
         above = [r for r in priors if asvp.p_vs.get(r.config_id, math.nan) < ALPHA
@@ -176,7 +181,10 @@ def judge_task(task: str, tables: list[Table], cells: pd.DataFrame) -> dict[str,
                      if len(above) == len(priors)
                      else f"{cost:g} dB: not separable from {names}" if not above
                      else f"{cost:g} dB: above {len(above)} of {len(priors)}, not separable from {names}")
-    out["priors"] = "; ".join(costs) if costs else "no prior defense reaches a matched cost"
+    any_prior = (~done["defense"].isin((ASVP, "none", FLOOR_DEFENSE))).any()
+    out["priors"] = ("; ".join(costs) if costs else "no prior defense run on this task" if not any_prior
+                     else "no prior defense reaches a cost ASVP reaches" if asvp_reaches
+                     else "ASVP reaches no matched cost: nothing to compare")
     return out
 
 

@@ -123,3 +123,18 @@ def test_the_worst_case_table_has_the_noise_floor_row(tmp_path):
         floors = [r for r in rows if r.floor]
         assert len(floors) == 1 and floors[0].student.n, name
         assert all(math.isnan(r.p_floor) is False for r in rows if not r.floor and r.rank is not None), name
+
+
+def test_a_task_without_asvp_cells_is_not_judged_as_if_asvp_failed(tmp_path):
+    """A grid run priors first (claims v3's slices) has tasks with no ASVP cell yet: the verdict must say so,
+    not "ASVP never costs as little as 0.1 dB" or "no prior defense reaches a matched cost"."""
+    cells = cells_mod.load(seeded_store(tmp_path / "s"))
+    tables = build_tables(cells)
+    full = judge_task("derain", tables, cells)
+    assert "above" in full["priors"] or "not separable" in full["priors"], full["priors"]
+    priors_only = cells[cells["defense"] != "asvp"]
+    judged = judge_task("derain", build_tables(priors_only), priors_only)
+    assert set(judged.values()) == {"not judged: no ASVP cell finished on this task (a partial grid; run its "
+                                    "ASVP rows)"}
+    asvp_only = cells[cells["defense"] != "output_noise"]
+    assert judge_task("derain", build_tables(asvp_only), asvp_only)["priors"] == "no prior defense run on this task"
