@@ -398,9 +398,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
-    if args.cells and (args.home or args.grid):
-        raise BenchError("bench report reads one source: --home DIR (a store, with --grid) or --cells FILE "
-                         "(reports' cells.csv, repeatable).")
+    if args.cells and args.home:
+        raise BenchError("bench report reads one source: --home DIR (a store) or --cells FILE (reports' cells.csv, "
+                         "repeatable); --grid picks one grid's cells from either.")
     home = None if args.cells else _home(args)
     report = build_report(home, args.out, formats, progress=True, tasks=tasks, grid=args.grid,
                           csv_files=args.cells or ())
@@ -531,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated tasks to report (default: every task in the store), e.g. the "
                                    "finished part of a grid that is still running")
     p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file (a store that serves several "
-                                                  "grids, e.g. runs/claims-v3, reports one of them)")
+                                                  "grids, e.g. runs/claims-v3, reports one of them; with "
+                                                  "--cells, the rows of those files this grid names); What is "
+                                                  "missing then lists the grid's cells that have no result")
     p.add_argument("--cells", metavar="FILE", action="append",
                    help="committed reports' cells.csv instead of a store (repeat it: a grid committed in slices, "
                         "one per session, reads as one table); needs --out; no visual grids (no sample images)")
@@ -547,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a report's cells.csv instead of a store, e.g. docs/results/claims-v2/cells.csv; repeat it "
                         "to read several as one table (a grid committed in slices)")
     p.add_argument("--tasks", help="comma-separated tasks (default: every task)")
-    p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file")
+    p.add_argument("--grid", metavar="FILE", help="only the cells of this grid file (of a store, or of the --cells "
+                                                  "files: a file holding another grid's cells too gives only these)")
     p.add_argument("--out", metavar="FILE", help="also write the verdict to FILE (e.g. a report's verdict.md)")
     p.add_argument("--readme", metavar="FILE", help="rewrite FILE's generated section (between '<!-- bench verdict: "
                                                     "start -->' and '<!-- bench verdict: end -->')")

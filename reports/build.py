@@ -65,8 +65,11 @@ class Report:
 PUBLISHED_SEEDS = "Published numbers use at least 5 student seeds and 3 teacher seeds (docs/design.md)"
 
 
-def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
-    """What the report cannot show, in words a reader can act on."""
+def missing(cells: pd.DataFrame, tables: list[Table], store: str,
+            plan: list[tuple[str, str]] | None = None, grid: Path | str | None = None) -> list[str]:
+    """What the report cannot show, in words a reader can act on. ``plan``: the cells of ``grid``
+    (:func:`reports.cells.grid_plan`); with it, what is missing is what the grid names and the source lacks,
+    and a configuration the grid never pairs with an attack (a prior not run against feature KD) is not."""
     msgs = []
     if cells.empty:
         return [f"no finished cells in {store}; run bench run or bench sweep first."]
@@ -83,12 +86,14 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
         from bench.remarks import SMOKE_WHY
 
         msgs.append(SMOKE_WHY + ".")
+    if plan is not None:
+        msgs += _unfinished(done, plan, grid)
     tables = [t for t in tables if not t.derived]
     # a partial sweep: configurations some tables lack, among the tables of one profile and one task (by
     # name: its numerics, data or model versions and its attacks are compared; another task's grid is its own)
     task_names = dict(zip(done["task_id"], done["task"])) if "task_id" in done else {}
     family = {id(t): (t.profile, str(task_names.get(t.ids[1], t.task))) for t in tables}
-    for key in sorted(set(family.values())):
+    for key in sorted(set(family.values())) if plan is None else ():
         mine = [t for t in tables if family[id(t)] == key]
         labels = {r.config_id: f"{r.defense} ({r.budget_text})" for t in mine for r in t.rows
                   if r.matched_cost is None}
@@ -108,6 +113,27 @@ def missing(cells: pd.DataFrame, tables: list[Table], store: str) -> list[str]:
         msgs.append(f"{len(one_seed)} configuration(s) have one seed only, so no confidence interval: "
                     + "; ".join(one_seed) + f". {PUBLISHED_SEEDS}.")
     return msgs
+
+
+def _unfinished(done: pd.DataFrame, plan: list[tuple[str, str]], grid: Path | str | None) -> list[str]:
+    """One line: how many of the grid's cells have no finished result here, by task, defense and attack."""
+    have = ({cells_mod.plan_identity(c, p) for c, p in zip(done["config"], done["profile"])}
+            if not done.empty and "config" in done else set())
+    planned: dict[str, dict[str, list[bool]]] = {}  # task -> label -> found, in the grid's order
+    for identity, label in plan:
+        planned.setdefault(label.split(" · ")[0], {}).setdefault(label, []).append(identity in have)
+    parts, n_lacking = [], 0
+    for task, labels in planned.items():
+        found = [f for fs in labels.values() for f in fs]
+        n_lacking += found.count(False)
+        if not any(found):  # a task not started: one entry, not one per configuration
+            parts.append(f"{task}: all {len(found)}")
+        else:
+            parts += [f"{label}: {fs.count(False)} of {len(fs)}" for label, fs in labels.items() if not all(fs)]
+    if not n_lacking:
+        return []
+    return [f"{n_lacking} of the {len(plan)} cells of {grid} have no finished result here (a partial grid: run bench "
+            f"sweep on it to finish them): {'; '.join(parts)}."]
 
 
 def apart(done: pd.DataFrame) -> list[str]:
@@ -231,7 +257,7 @@ def build_report(home: Path | str | None, out: Path | str | None = None, formats
     if csv_files:
         if out is None:
             raise BenchError("bench report --cells needs --out DIR (there is no store to write the report into).")
-        cells, store = cells_mod.from_csv(csv_files), ", ".join(str(f) for f in csv_files)
+        cells, store = cells_mod.from_csv(csv_files, grid=grid), ", ".join(str(f) for f in csv_files)
     else:
         home = Path(home) if home is not None else Path("runs")
         cells, store = cells_mod.load(home, grid=grid), str(home / "results.sqlite")
@@ -242,7 +268,8 @@ def build_report(home: Path | str | None, out: Path | str | None = None, formats
     failed = cells[cells["status"] != "done"] if not cells.empty else cells
     n_done = int((cells["status"] == "done").sum()) if not cells.empty else 0
     payers = askers.who_pays(cells)
-    report = Report(out=out, tables=tables, cells=cells, messages=missing(cells, tables, store))
+    plan = cells_mod.grid_plan(grid) if grid is not None else None
+    report = Report(out=out, tables=tables, cells=cells, messages=missing(cells, tables, store, plan, grid))
     if "plots" in formats or "html" in formats:
         report.figures, notes = figures(home, cells, tables, progress=progress)
         report.messages += notes

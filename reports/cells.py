@@ -319,7 +319,7 @@ def spreadsheet_safe(value: Any) -> Any:
         return "'" + value
 
 
-def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
+def from_csv(path: Path | str | Sequence[Path | str], grid: Path | str | None = None) -> pd.DataFrame:
     """The tidy per-cell table of a report's ``cells.csv`` (as :func:`csv_frame` wrote it), so that a committed
     report can be re-read without its store (``bench verdict --cells``, ``bench report --cells``). Each row
     becomes the store row it was made from (its config rebuilt from the task, defense and attack parameters, its
@@ -328,7 +328,13 @@ def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
 
     Several files (a grid committed in slices, one per session, or two grids that share cells) are read as one
     table: a cell (a key) in more than one file is kept once, and must have the same results in each (a key
-    names its configuration and code, so different results mean files from different stores that disagree)."""
+    names its configuration and code, so different results mean files from different stores that disagree).
+    A key is a configuration and seed pair, not its code: where one copy records its code and the other is from
+    before cells.csv recorded code (``docs/results/claims-baselines/cells.csv``'s underwater rows), the sweep
+    ran it again for want of a code, and the recorded copy is kept.
+
+    ``grid``: only the cells of that grid file, matched by :func:`plan_identity` (a file that holds another
+    grid's cells too, e.g. ``docs/results/claims-baselines/cells.csv``, gives only the ones this grid names)."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     rows: dict[str, dict[str, Any]] = {}
     where: dict[str, Path | str] = {}
@@ -336,15 +342,58 @@ def from_csv(path: Path | str | Sequence[Path | str]) -> pd.DataFrame:
         for row in csv_rows(one):
             key = row["key"]
             if key in rows:
-                if _results(rows[key]) != _results(row):
+                recorded = [isinstance(r.get("code"), str) for r in (rows[key], row)]
+                if recorded == [False, True]:  # the older, unrecorded copy gives way
+                    rows[key], where[key] = row, one
+                elif _results(rows[key]) != _results(row) and recorded != [True, False]:
                     raise BenchError(f"cell {key} is in {where[key]} and in {one} with different results; read "
                                      "files from one store (or drop one of them).")
                 continue
             rows[key], where[key] = row, one
-    cells = tidy(pd.DataFrame(list(rows.values())))
+    kept = list(rows.values())
+    if grid is not None:
+        plan = {identity for identity, _ in grid_plan(grid)}
+        kept = [row for row in kept if plan_identity(row["config"], row["profile"]) in plan]
+        if not kept:
+            raise BenchError(f"--grid {grid}: none of its {len(plan)} cells is in "
+                             f"{', '.join(str(one) for one in paths)}; pass the slices of that grid, or leave "
+                             "--grid out to read every cell.")
+    cells = tidy(pd.DataFrame(kept))
     refuse_mixed_code(cells, ", ".join(str(one) for one in paths),
                       "re-run the older slice (bench sweep) and commit it", where)
     return cells
+
+
+def plan_identity(config: dict[str, Any], profile: str) -> str:
+    """What a committed cells.csv keeps of a cell's configuration, as one string: the task, defense and attack
+    with their parameters, the seeds, the budget, the numerics without thread counts (a sweep chooses them) and
+    the profile's name. A grid's cells and a cells.csv's rows are matched on it; two grids alike in all of it
+    but a profile override or a user model would be taken for one."""
+    numerics = {k: v for k, v in (config.get("numerics") or {}).items() if k not in ("threads", "teacher_threads")}
+    kept: dict[str, Any] = {part: {"name": config[part]["name"], "params": config[part].get("params") or {}}
+                            for part in ("task", "defense", "attack")}
+    kept.update(seed=int(config["seed"]), teacher_seed=int(config.get("teacher_seed") or 0),
+                budget_db=config.get("budget_db"), numerics=numerics, profile=str(profile))
+    return canonical_json(json.loads(canonical_json(kept)))  # through JSON: tuples and lists compare equal
+
+
+def grid_plan(grid: Path | str) -> list[tuple[str, str]]:
+    """Every cell the grid file names, as (:func:`plan_identity`, a label for what is missing: task, defense
+    and attack with the parameters the grid sets, strength left out)."""
+    from bench.cell import resolve
+    from bench.grid import load_file, make_grid
+
+    def label(name: str, params: dict[str, Any]) -> str:
+        shown = ", ".join(f"{k}={params_format_value(v)}" for k, v in sorted(params.items()))
+        return f"{name} ({shown})" if shown else name
+
+    plan = []
+    for spec in make_grid(load_file(grid)).specs():
+        strength = _strength_param(spec.defense)
+        defense_params = {k: v for k, v in spec.defense_params.items() if k != strength}
+        plan.append((plan_identity(resolve(spec).config(), spec.profile),
+                     f"{spec.task} · {label(spec.defense, defense_params)} · {label(spec.attack, spec.attack_params)}"))
+    return plan
 
 
 def refuse_mixed_code(cells: pd.DataFrame, source: str, advice: str,

@@ -240,11 +240,8 @@ def load_cells(home: str | None, csv: str | Sequence[str] | None, grid: str | No
     if bool(home) == bool(files):
         raise BenchError("bench verdict reads one source: --home DIR (a store) or --cells FILE (a report's cells.csv; "
                          "repeat it for a grid committed in slices).")
-    if files and grid:
-        raise BenchError(f"--grid {grid} picks cells by their configurations, which a cells.csv does not hold; read "
-                         "the store with --home instead.")
     if files:
-        return cells_mod.from_csv(files), ", ".join(files)
+        return cells_mod.from_csv(files, grid=grid), ", ".join(files)
     return cells_mod.load(home, grid=grid), str(Path(home) / "results.sqlite")
 
 

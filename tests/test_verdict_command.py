@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import BenchError
 from bench.cli import main
 from reports import cells as cells_mod
 from reports.leaderboard import WORST, build_tables
@@ -138,3 +139,63 @@ def test_a_task_without_asvp_cells_is_not_judged_as_if_asvp_failed(tmp_path):
                                     "ASVP rows)"}
     asvp_only = cells[cells["defense"] != "output_noise"]
     assert judge_task("derain", build_tables(asvp_only), asvp_only)["priors"] == "no prior defense run on this task"
+
+
+def test_a_grid_picks_its_own_cells_from_committed_csvs_and_names_what_it_lacks(tmp_path):
+    """claims v3 is reported from slices plus docs/results/claims-baselines/cells.csv, which also holds defenses
+    and attacks v3 does not run (watermark, the skeptical student): --grid must keep only v3's cells, list as
+    missing only cells the grid names, and count a configuration and seed pair once when an older file holds
+    it without its code (the sweep ran such a cell again, under the same key)."""
+    import dataclasses
+
+    import yaml
+
+    from bench.cell import resolve
+    from bench.grid import load_file, make_grid
+    from bench.store import Store
+    from reports import build_report
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"profile": "quick", "tasks": ["derain"], "seeds": "0-2",
+                                    "defenses": ["noise_floor", {"name": "output_noise", "strengths": [0.01, 0.03],
+                                                                 "attacks": ["vanilla_kd"]}],
+                                    "attacks": ["vanilla_kd", "feature_kd"]}))
+    specs = make_grid(load_file(grid)).specs()
+    assert len(specs) == 12  # the floor x 2 attacks x 3 seeds + output noise x 2 strengths x vanilla x 3 seeds
+    store, older = Store(tmp_path / "s"), Store(tmp_path / "old")
+
+    def put(key, spec, code=True, student=0.1, where=store):
+        row = _cell(key, spec.defense, {}, spec.seed, 0, spec.attack, teacher=0.01, student=student)
+        row["config"] = resolve(dataclasses.replace(spec, threads=1)).config()
+        if code:
+            row["versions"] = {"code": {"defense": "d1", "attack": "a1", "task": "t1"}}
+        where.put_cell(row)
+
+    for i, spec in enumerate(specs[:-1]):  # the last cell of the grid never ran
+        put(f"k{i}", spec, student=0.1 + 0.01 * i)
+    put("k0", specs[0], code=False, student=9.0, where=older)  # k0 from before cells.csv recorded code
+    other = dataclasses.replace(specs[0], defense="output_noise", defense_params={"sigma": 0.2})
+    put("other", other, where=older)  # another grid's cell
+    for name in ("s", "old"):
+        build_report(tmp_path / name, tmp_path / f"csv-{name}", ("csv",), progress=False)
+    csvs = [tmp_path / "csv-old" / "cells.csv", tmp_path / "csv-s" / "cells.csv"]
+    for files in (csvs, csvs[::-1]):
+        every = cells_mod.from_csv(files)
+        assert len(every) == 12  # k0 once, the other grid's cell too
+        assert every.loc[every["key"] == "k0", "student_drop_db"].item() == pytest.approx(0.1)  # the recorded k0
+    mine = cells_mod.from_csv(csvs, grid=grid)
+    assert sorted(mine["key"]) == sorted(f"k{i}" for i in range(11))
+    csv = csvs[1]
+    report = build_report(None, tmp_path / "r", ("md",), progress=False, grid=grid, csv_files=[csv])
+    lacking = [m for m in report.messages if "have no finished result" in m]
+    assert lacking == [f"1 of the 12 cells of {grid} have no finished result here (a partial grid: run bench sweep "
+                       "on it to finish them): derain · output_noise · vanilla_kd: 1 of 6."], report.messages
+    # without the plan, the floor's feature-KD table lacking output noise reads as an unfinished sweep
+    plain = build_report(None, tmp_path / "p", ("md",), progress=False, csv_files=[csv])
+    assert any("no finished cells for output_noise" in m for m in plain.messages), plain.messages
+    assert not any("no finished cells for" in m for m in report.messages)
+    elsewhere = tmp_path / "lowlight.yaml"
+    elsewhere.write_text(yaml.safe_dump({"profile": "quick", "tasks": ["lowlight"], "defenses": ["noise_floor"],
+                                         "attacks": ["vanilla_kd"], "seeds": "0-1"}))
+    with pytest.raises(BenchError, match="none of its 2 cells is in"):
+        cells_mod.from_csv(csv, grid=elsewhere)
