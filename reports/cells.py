@@ -361,7 +361,30 @@ def from_csv(path: Path | str | Sequence[Path | str], grid: Path | str | None = 
     cells = tidy(pd.DataFrame(kept))
     refuse_mixed_code(cells, ", ".join(str(one) for one in paths),
                       "re-run the older slice (bench sweep) and commit it", where)
+    refuse_two_teachers(cells, where)
     return cells
+
+
+def refuse_two_teachers(cells: pd.DataFrame, where: dict[str, Path | str]) -> None:
+    """A one-line error where files give one teacher (task, teacher seed, numerics) two different test scores:
+    the same key trained two different teachers (measured: claims v3's derain slices 1-2 and 3, from sessions
+    on machines whose CPUs gave teacher seed 0 28.1586 and 27.6251 dB), so their cells are not paired by seed
+    and pooling them would compare defenses served by different models."""
+    if cells.empty or "teacher_psnr" not in cells:
+        return
+    done = cells[(cells["status"] == "done") & cells["teacher_psnr"].notna()]
+    same = [c for c in ("profile", "task_id", "teacher_seed", "teacher_model", "numerics") if c in done]
+    for _, g in done.groupby(same, sort=False, dropna=False):
+        scores = g["teacher_psnr"].round(4)
+        if scores.nunique() > 1:
+            first = g.iloc[0]
+            files = {score: ", ".join(sorted({str(where[k]) for k in g.loc[scores == score, "key"]}))
+                     for score in sorted(scores.unique())}
+            found = "; ".join(f"{score:.4f} dB in {names}" for score, names in files.items())
+            raise BenchError(f"{first['task_label']} teacher seed {first['teacher_seed']}: the files hold cells of two "
+                             f"different teachers ({found}); one key trained two teachers (another machine's CPU or "
+                             "libraries), so their cells are not paired: re-run one file's cells on the other's store "
+                             "(bench sweep without it in --skip-done) and commit them in its place.")
 
 
 def plan_identity(config: dict[str, Any], profile: str) -> str:

@@ -125,3 +125,23 @@ def load_seeds(home: Path) -> list[int]:
     from reports.cells import load
 
     return load(home)["seed"].tolist()
+
+
+def test_slices_whose_teachers_differ_are_refused(slices):
+    """One key can train two different teachers on two machines (claims v3's derain slices: teacher seed 0 scored
+    28.1586 dB in sessions 12-13 and 27.6251 dB in session 14): such cells are not paired by seed, so reading them
+    as one table is refused, naming the files; slices of one teacher read as before."""
+    folder, a, _ = slices
+    whole = pd.read_csv(WHOLE)
+    derain = whole[whole["task"] == "derain"]
+    first, rest = derain.iloc[:len(derain) // 2], derain.iloc[len(derain) // 2:].copy()
+    same, other = folder / "same.csv", folder / "other.csv"
+    rest.to_csv(same, index=False)
+    from_csv([a, same])  # one teacher per seed: fine
+    seed = int(rest["teacher_seed"].iloc[0])
+    rest.loc[rest["teacher_seed"] == seed, "teacher_psnr"] += 0.5  # another machine's teacher of that seed
+    rest.to_csv(other, index=False)
+    first.to_csv(folder / "first.csv", index=False)
+    with pytest.raises(BenchError, match=rf"derain teacher seed {seed}: the files hold cells of two different "
+                                         r"teachers \(.* dB in .*first\.csv; .* dB in .*other\.csv\)"):
+        from_csv([folder / "first.csv", other])
