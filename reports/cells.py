@@ -373,7 +373,7 @@ def refuse_two_teachers(cells: pd.DataFrame, where: dict[str, Path | str]) -> No
     if cells.empty or "teacher_psnr" not in cells:
         return
     done = cells[(cells["status"] == "done") & cells["teacher_psnr"].notna()]
-    same = [c for c in ("profile", "task_id", "teacher_seed", "teacher_model", "numerics") if c in done]
+    same = [c for c in ("profile_id", "task_id", "teacher_seed") if c in done]  # task_id holds models, numerics
     for _, g in done.groupby(same, sort=False, dropna=False):
         scores = g["teacher_psnr"].round(4)
         if scores.nunique() > 1:
