@@ -59,6 +59,7 @@ import torch
 
 from bench import BenchError
 from bench.allocator import keep_freed_memory, release_freed_memory
+from bench.api import Defense
 from bench.cache import Artifacts
 from bench.calibrate import calibrated_cell
 from bench.cell import Cell, CellSpec, resolve, share_teacher, sharing_note, stale_code
@@ -68,6 +69,7 @@ from bench.pipeline import answers_unchanged, failure_reason, run_cell
 from bench.progress import bar
 from bench.query import GroundTruthUnsupported
 from bench.row import new_row
+from bench.scoring import evaluate
 from bench.stages import (
     calibration_job_key,
     defense_fits,
@@ -144,9 +146,50 @@ def committed_rows(paths: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
 
     from reports.cells import csv_rows
 
-    return {row["key"]: {"status": "done", "versions": {"code": json.loads(row["code"])}}
+    return {row["key"]: {"status": "done", "versions": {"code": json.loads(row["code"])}, "file": str(path),
+                         "teacher_key": row.get("teacher_key"), "teacher_psnr": row.get("teacher_psnr")}
             for path in paths for row in csv_rows(path)
             if row["status"] == "done" and isinstance(row.get("code"), str)}
+
+
+#: how far this store's teacher may score from a committed file's teacher of the same key before they are two
+#: teachers (thread counts move a score by ~1e-5 dB; claims v3's two derain teachers differed by 0.53 dB)
+TEACHER_TOLERANCE_DB = 1e-3
+
+
+def check_committed_teachers(the_plan: Plan, committed: dict[str, dict[str, Any]], artifacts: Artifacts) -> None:
+    """A one-line error where a teacher this sweep trained (or found) scores on test other than the teacher the
+    skipped committed cells were computed on, under one key (measured: claims v3's derain teacher seed 0 scored
+    28.1586 dB in one session's slices and 27.6251 dB on another machine). Their cells would not pair by seed with
+    this sweep's, so it stops after the teachers, before any cell runs; what it trained stays in the store."""
+    recorded: dict[str, dict[str, Any]] = {}
+    for key in the_plan.committed:
+        row = committed[key]
+        if isinstance(row.get("teacher_key"), str) and row.get("teacher_psnr") is not None:
+            recorded.setdefault(row["teacher_key"], row)
+    checked: set[str] = set()
+    for cell in the_plan.cells.values():
+        t_key = teacher_key(cell)
+        if t_key in checked or t_key not in recorded:  # cached cells too: their teacher is this store's
+            continue
+        checked.add(t_key)
+        if not (artifacts.dir(t_key) / "model.pt").exists():  # its teacher job failed: its cells fail anyway
+            continue
+        # scored as the cell scores it (served undefended, at the profile's answer bits), not cached: the cells
+        # score it again in their own numerics
+        with on_device(cell.spec.device, precision=cell.profile.precision):
+            teacher, _, _ = get_teacher(cell.task, cell.profile, cell.spec.teacher_seed, artifacts, progress=False,
+                                        numerics_=cell.teacher_numerics, user_model=cell.teacher_model)
+            with Defense(None).serve(teacher, answer_bits=cell.profile.answer_bits) as undefended:
+                here = evaluate(undefended, cell.task.splits().test, cell.task)["psnr"]
+        there = float(recorded[t_key]["teacher_psnr"])
+        if abs(here - there) > TEACHER_TOLERANCE_DB:
+            raise BenchError(
+                f"{cell.spec.task} teacher seed {cell.spec.teacher_seed}: this store's teacher scores {here:.4f} dB "
+                f"on test, the cells skipped from {recorded[t_key]['file']} were computed on one that scores "
+                f"{there:.4f} dB under the same key (another machine's CPU or libraries), so they would not pair "
+                "with this sweep's cells: drop that file from --skip-done to run its cells here (the teachers "
+                "trained so far are kept), or run this sweep on that file's store.")
 
 
 def plan(specs: Sequence[CellSpec], store: Store, *, force: bool = False,
@@ -624,6 +667,8 @@ def _sweep(specs: list[CellSpec], store: Store, start: float, *, n_jobs: int, ba
                     failed_jobs[job.key] = f"{job.stage[:-1]} failed: {res['error']}"
                     pbar.write(f"failed: {job.stage[:-1]} for {labels[job.cell]}: {res['error']}", file=sys.stderr)
                 status()
+            if wave is WAVES[0] and the_plan.committed and committed:
+                check_committed_teachers(the_plan, committed, Artifacts(store.home))
         pbar.set_description("sweep done")
         status()
 

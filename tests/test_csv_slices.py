@@ -145,3 +145,26 @@ def test_slices_whose_teachers_differ_are_refused(slices):
     with pytest.raises(BenchError, match=rf"derain teacher seed {seed}: the files hold cells of two different "
                                          r"teachers \(.* dB in .*first\.csv; .* dB in .*other\.csv\)"):
         from_csv([folder / "first.csv", other])
+
+
+def test_a_sweep_skipping_cells_of_another_teacher_stops_before_its_cells(tmp_path, capsys):
+    """--skip-done cannot tell from a key that a committed file's cells were computed on another machine's
+    teacher (claims v3's derain slices 1-2: 0.53 dB apart under one key); the sweep scores its own teacher after
+    training it and stops, in one line, before any cell runs. The same file with its own teacher's score runs on."""
+    grid = ["sweep", "--tasks", "derain", "--defenses", "none", "--profile", "smoke"]
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    assert main([*grid, "--seeds", "0", "--home", str(first)]) == 0
+    assert main(["report", "--home", str(first), "--out", str(first / "r"), "--format", "csv"]) == 0
+    committed = pd.read_csv(first / "r/cells.csv")
+    other = committed.assign(teacher_psnr=committed["teacher_psnr"] + 0.5)  # as if another machine's teacher
+    other_file = tmp_path / "other.csv"
+    other.to_csv(other_file, index=False)
+    capsys.readouterr()
+    assert main([*grid, "--seeds", "0-1", "--home", str(second), "--skip-done", str(other_file)]) == 2
+    err = capsys.readouterr().err
+    assert "derain teacher seed 0: this store's teacher scores" in err and "other.csv" in err
+    from bench.store import Store
+
+    assert Store(second).cells() == []  # no cell ran on the mismatched teacher
+    assert main([*grid, "--seeds", "0-1", "--home", str(second), "--skip-done", str(first / "r/cells.csv")]) == 0
+    assert sorted(load_seeds(second)) == [1]  # its teacher kept; seed 0 skipped as committed
