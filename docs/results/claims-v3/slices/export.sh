@@ -14,10 +14,8 @@ n, task = sys.argv[1], sys.argv[2]
 csv.field_size_limit(10**9)
 others = ["docs/results/claims-baselines/cells.csv"] + [f for f in glob.glob("docs/results/claims-v3/slices/[0-9]*.csv")
                                                         if not f.endswith(f"/{n}.csv")]
-seen = set()
-for f in others:
-    with open(f, newline="") as fh:
-        seen |= {r["key"] for r in csv.DictReader(fh) if r["status"] == "done"}
+from bench.scheduler import committed_rows  # the rows `bench sweep --skip-done` would skip, by the same rule
+seen = set(committed_rows(others))
 with open(f"/tmp/slice-{n}/cells.csv", newline="") as fh:
     rd = csv.DictReader(fh)
     rows = [r for r in rd if r["status"] == "done" and r["key"] not in seen and (not task or r["task"] == task)]
