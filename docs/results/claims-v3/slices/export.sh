@@ -7,14 +7,18 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 N=$1; TASK=${2:-}
 rm -rf /tmp/slice-$N
-.venv/bin/bench report --home runs/claims-v3 --grid grids/claims-v3.yaml --format csv --out /tmp/slice-$N > /tmp/slice-$N.log 2>&1
+.venv/bin/bench report --home runs/claims-v3 --grid grids/claims-v3.yaml --format csv --out /tmp/slice-$N > /tmp/slice-$N.log 2>&1 \
+  || { tail -n 1 /tmp/slice-$N.log; exit 1; }
 .venv/bin/python - "$N" "$TASK" <<'PY'
 import csv, glob, sys
+from collections import Counter
+
+from bench.scheduler import committed_rows  # the rows `bench sweep --skip-done` would skip, by the same rule
+
 n, task = sys.argv[1], sys.argv[2]
 csv.field_size_limit(10**9)
 others = ["docs/results/claims-baselines/cells.csv"] + [f for f in glob.glob("docs/results/claims-v3/slices/[0-9]*.csv")
                                                         if not f.endswith(f"/{n}.csv")]
-from bench.scheduler import committed_rows  # the rows `bench sweep --skip-done` would skip, by the same rule
 seen = set(committed_rows(others))
 with open(f"/tmp/slice-{n}/cells.csv", newline="") as fh:
     rd = csv.DictReader(fh)
@@ -23,7 +27,6 @@ with open(f"/tmp/slice-{n}/cells.csv", newline="") as fh:
 with open(f"docs/results/claims-v3/slices/{n}.csv", "w", newline="") as fh:
     w = csv.DictWriter(fh, fieldnames=fields)
     w.writeheader(); w.writerows(rows)
-from collections import Counter
 print(len(rows), "rows;", dict(Counter((r["task"], r["defense"], r["attack_label"]) for r in rows)))
 t = {}
 for r in rows:
