@@ -6,6 +6,7 @@
 # cells.csv recorded code, another teacher) give way only to the slice rows that re-ran them, key by key.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
+export LC_ALL=C  # the slices in the order tests/test_verdict_command.py reads them (sorted by name)
 cells=(--cells docs/results/claims-baselines/cells.csv)
 for f in docs/results/claims-v3/slices/[0-9]*.csv; do cells+=(--cells "$f"); done
 .venv/bin/bench report --grid grids/claims-v3.yaml "${cells[@]}" --out docs/results/claims-v3
