@@ -17,6 +17,11 @@ from reports.verdict import judge_task, section_of, verdict_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIMS_CSV = ROOT / "docs" / "results" / "claims-v2" / "cells.csv"
+# The README's verdict: claims grid v3, committed in slices beside claims-baselines (the files and order of
+# docs/results/claims-v3/slices/finish.sh, which writes it; superseded/ never).
+V3_GRID = "grids/claims-v3.yaml"
+V3_FILES = ["docs/results/claims-baselines/cells.csv"] + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "results" / "claims-v3" / "slices").glob("[0-9]*.csv"))
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +29,14 @@ def claims():
     return cells_mod.from_csv(CLAIMS_CSV)
 
 
-def test_the_readme_verdict_is_what_bench_verdict_prints(claims):
+def test_the_readme_verdict_is_what_bench_verdict_prints():
     readme = (ROOT / "README.md").read_text()
     section = section_of(readme)
     assert section is not None, "README.md lost its verdict markers"
-    expected = verdict_markdown(claims, source="docs/results/claims-v2/cells.csv")
-    assert section == expected, ("README's verdict differs from the data: run bench verdict --cells "
-                                 "docs/results/claims-v2/cells.csv --readme README.md")
+    claims_v3 = cells_mod.from_csv([ROOT / f for f in V3_FILES], grid=ROOT / V3_GRID)
+    expected = verdict_markdown(claims_v3, source=", ".join(V3_FILES))
+    assert section == expected, ("README's verdict differs from the data: run "
+                                 "docs/results/claims-v3/slices/finish.sh")
 
 
 def test_the_verdict_reads_its_comparisons_from_the_leaderboards_family(claims):
